@@ -1,0 +1,26 @@
+"""Shared fixtures: where MNIST lives, and small problems for fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "LAQ_FL_DATA_DIR"
+
+
+def data_dir() -> Path:
+    """The project's data directory: $LAQ_FL_DATA_DIR, else ../shared/data beside the checkout."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured).resolve() if configured else (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> str:
+    path = data_dir()
+    raw = path / "MNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").exists() and not (raw / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"MNIST not found under {raw}; set {DATA_DIR_ENV} to the folder that holds MNIST/raw/")
+    return str(path)
