@@ -1,0 +1,149 @@
+"""Validated, frozen settings: which member of the LAQ family runs, and on which problem.
+
+The family is one mechanism with two switches (Sun et al. 2019, section 2.3):
+
+==========  ===========  ==========  ===========
+algorithm   quantized    lazy        gradients
+==========  ===========  ==========  ===========
+gd          no (32 bit)  no          full
+qgd         b bits       no          full
+lag         no (32 bit)  (7a)-(7b)   full
+laq         b bits       (7a)-(7b)   full
+sgd         no (32 bit)  no          minibatch
+slaq        b bits       (7a)-(7b)   minibatch
+==========  ===========  ==========  ===========
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from laq_fl.quantizer import FULL_PRECISION, validate_bits
+from laq_fl.rule import DEFAULT_T_BAR, default_xi
+
+
+class ConfigError(ValueError):
+    """An invalid setting; ``key`` names it and the message says what is allowed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """Where one algorithm sits in the family: the two switches and the gradient oracle."""
+
+    name: str
+    quantized: bool
+    lazy: bool
+    stochastic: bool
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgorithmSpec("gd", quantized=False, lazy=False, stochastic=False),
+        AlgorithmSpec("qgd", quantized=True, lazy=False, stochastic=False),
+        AlgorithmSpec("lag", quantized=False, lazy=True, stochastic=False),
+        AlgorithmSpec("laq", quantized=True, lazy=True, stochastic=False),
+        AlgorithmSpec("sgd", quantized=False, lazy=False, stochastic=True),
+        AlgorithmSpec("slaq", quantized=True, lazy=True, stochastic=True),
+    )
+}
+
+MODELS = ("logistic", "mlp")
+DATASETS = ("mnist", "synthetic")
+PARTITIONS = ("contiguous", "iid", "dirichlet")
+INITS = ("glorot", "zeros")
+DTYPES = ("float32", "float64")
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive_float(key: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(key, f"must be a finite number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size."""
+
+    algorithm: str = "laq"
+    bits: int = 4
+    lr: float = 0.02
+    xi: tuple[float, ...] = field(default_factory=default_xi)
+    t_bar: int = DEFAULT_T_BAR
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        _one_of("algorithm", self.algorithm, list(ALGORITHMS))
+        try:
+            validate_bits(self.bits)
+        except ValueError as exc:
+            raise ConfigError("bits", f"must be in 1..16, or 32 for no quantization; got {self.bits!r}") from exc
+        _positive_float("lr", self.lr)
+        object.__setattr__(self, "xi", tuple(self.xi))
+        if len(self.xi) < 1:
+            raise ConfigError("xi", "needs D >= 1 weights")
+        for weight in self.xi:
+            _positive_float("xi", weight, allow_zero=True)
+        _positive_int("t_bar", self.t_bar)
+        _positive_int("batch_size", self.batch_size)
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def wire_bits(self) -> int:
+        """Bits per coordinate that actually travel: ``bits`` for quantized members, else 32."""
+        return self.bits if self.spec.quantized else FULL_PRECISION
+
+    @property
+    def memory(self) -> int:
+        """D, the number of past parameter differences rule (7a) looks at."""
+        return len(self.xi)
+
+
+@dataclass(frozen=True)
+class ProblemConfig:
+    """The learning problem: model, data, partition, objective f_m and starting point."""
+
+    model: str = "logistic"
+    dataset: str = "mnist"
+    partition: str = "contiguous"
+    num_workers: int = 10
+    lam: float = 0.01
+    init: str = "glorot"
+    seed: int = 0
+    dtype: str = "float32"
+    data_dir: str = "data"
+    dirichlet_alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _one_of("model", self.model, MODELS)
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("partition", self.partition, PARTITIONS)
+        _positive_int("num_workers", self.num_workers)
+        _positive_float("lam", self.lam, allow_zero=True)
+        _one_of("init", self.init, INITS)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
+        _one_of("dtype", self.dtype, DTYPES)
+        if not isinstance(self.data_dir, str) or not self.data_dir:
+            raise ConfigError("data_dir", f"must be a non-empty path, got {self.data_dir!r}")
+        _positive_float("dirichlet_alpha", self.dirichlet_alpha)

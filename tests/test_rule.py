@@ -1,0 +1,103 @@
+"""Rule (7a)-(7b): the threshold, the skip test and the forced upload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from laq_fl.codec import Upload
+from laq_fl.config import AlgorithmConfig
+from laq_fl.rule import default_xi, lazy_threshold, may_skip, upload_forced
+from laq_fl.server import ServerMemory
+from laq_fl.worker import Instruction, WorkerMemory, worker_round
+
+
+def test_threshold_hand_computed() -> None:
+    # alpha = 0.5, M = 2 -> 1 / (alpha^2 M^2) = 1; xi = (0.3, 0.2, 0.1)
+    # newest differences first: 4, 9 -> 0.3 * 4 + 0.2 * 9 + 0.1 * 0 (missing) = 3.0
+    assert lazy_threshold([4.0, 9.0], (0.3, 0.2, 0.1), lr=0.5, num_workers=2) == pytest.approx(3.0)
+    # alpha = 0.02, M = 10 -> factor 1 / 0.04 = 25; xi = 0.08 * 10; diffs 1e-4 each -> 25 * 0.8 * 1e-4 = 2e-3
+    assert lazy_threshold([1e-4] * 12, default_xi(), lr=0.02, num_workers=10) == pytest.approx(2e-3)
+
+
+def test_server_threshold_from_its_iterates() -> None:
+    config = AlgorithmConfig(algorithm="lag", lr=0.5, xi=(0.3, 0.2))
+    server = ServerMemory(np.zeros(2, np.float64), config, num_workers=2)
+    assert server.threshold() == 0.0
+    server.aggregate[:] = [2.0, 0.0]  # step -1 along x: ||diff||^2 = 1
+    server.step()
+    server.aggregate[:] = [0.0, 4.0]  # step -2 along y: ||diff||^2 = 4
+    server.step()
+    assert list(server.recent_sq_diffs) == [4.0, 1.0]
+    assert server.threshold() == pytest.approx(0.3 * 4 + 0.2 * 1)
+
+
+def test_skip_test_includes_both_errors() -> None:
+    assert may_skip(innovation_sq=10.0, threshold=4.0, error_sq=1.0, last_error_sq=1.0)
+    assert not may_skip(innovation_sq=10.0001, threshold=4.0, error_sq=1.0, last_error_sq=1.0)
+
+
+def test_forced_exactly_after_t_bar_skips() -> None:
+    assert [upload_forced(t, 3) for t in range(5)] == [False, False, False, True, True]
+
+
+def test_clock_forces_upload_every_t_bar_plus_one_rounds() -> None:
+    t_bar = 4
+    config = AlgorithmConfig(algorithm="laq", bits=8, xi=(0.1,), t_bar=t_bar)
+    server = ServerMemory(np.zeros(3, np.float32), config, num_workers=1)
+    memory = WorkerMemory.zeros(3)
+    grad = np.array([1.0, -2.0, 3.0], np.float32)  # a constant gradient: nothing new after the first upload
+    pattern = []
+    for _ in range(11):
+        upload = worker_round(memory, grad, config.bits, server.instruction(0))
+        pattern.append(upload is not None)
+        if upload is None:
+            server.skip(0)
+        else:
+            server.accept(0, upload)
+    # first round forced (no copy yet), then t_bar skips, then forced, ...
+    assert pattern == [True, False, False, False, False, True, False, False, False, False, True]
+
+
+@pytest.mark.parametrize("name", ["gd", "qgd", "sgd"])
+def test_non_lazy_members_always_upload(name: str) -> None:
+    server = ServerMemory(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
+    upload = worker_round(WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.wire_bits, server.instruction(0))
+    assert upload is not None
+    server.accept(0, upload)
+    # A constant gradient would be skipped by a lazy rule; these members upload anyway.
+    assert server.instruction(0).force_upload
+
+
+@pytest.mark.parametrize("name", ["lag", "laq", "slaq"])
+def test_lazy_members_may_skip_once_a_copy_exists(name: str) -> None:
+    server = ServerMemory(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
+    assert server.instruction(0).force_upload
+    upload = worker_round(WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.wire_bits, server.instruction(0))
+    server.accept(0, upload)
+    assert not server.instruction(0).force_upload
+
+
+def test_worker_skip_leaves_memory_unchanged() -> None:
+    memory = WorkerMemory(q_hat=np.array([1.0, 2.0], np.float32), last_error_sq=0.5)
+    upload = worker_round(memory, np.array([1.0, 2.0], np.float32), 4, Instruction(threshold=1.0, force_upload=False))
+    assert upload is None
+    np.testing.assert_array_equal(memory.q_hat, [1.0, 2.0])
+    assert memory.last_error_sq == 0.5
+
+
+def test_worker_memory_round_trips_through_arrays() -> None:
+    memory = WorkerMemory(q_hat=np.arange(4, dtype=np.float32), last_error_sq=0.25)
+    back = WorkerMemory.from_arrays({key: value.copy() for key, value in memory.to_arrays().items()})
+    np.testing.assert_array_equal(back.q_hat, memory.q_hat)
+    assert back.q_hat.dtype == np.float32 and back.last_error_sq == 0.25
+
+
+def test_forget_restores_invariant_and_forces() -> None:
+    config = AlgorithmConfig(algorithm="lag", xi=(0.1,))
+    server = ServerMemory(np.zeros(2, np.float32), config, num_workers=2)
+    server.accept("a", Upload(np.array([1, 2], np.float32).tobytes(), 0.0))
+    server.accept("b", Upload(np.array([3, 4], np.float32).tobytes(), 0.0))
+    server.forget("a")
+    np.testing.assert_allclose(server.aggregate, [3, 4])
+    assert server.instruction("a").force_upload and not server.instruction("b").force_upload
