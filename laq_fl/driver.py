@@ -1,0 +1,128 @@
+"""A plain in-process run of the LAQ family: M workers and the server, no Flower.
+
+This is the fast path for experiments and the oracle the Flower app must match exactly:
+every upload goes through the same codec bytes, server memory and rule as in the app.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from laq_fl.codec import payload_bits
+from laq_fl.config import AlgorithmConfig, ProblemConfig
+from laq_fl.data import minibatch_indices
+from laq_fl.problem import Problem, build_problem
+from laq_fl.server import ServerMemory
+from laq_fl.worker import WorkerMemory, worker_round
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """What happened at iteration k, measured at ``theta^k`` (before the step)."""
+
+    iteration: int
+    uploads: int
+    payload_bits: int
+    train_loss: float
+    """``f(theta^k) / M``; for SGD and SLAQ, on the full data only at evaluated iterations (else NaN)."""
+    minibatch_loss: float
+    """Mean of the losses the workers reported on the data they used this iteration."""
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    algorithm: AlgorithmConfig
+    problem: ProblemConfig
+    records: list[IterationRecord] = field(default_factory=list)
+    theta: np.ndarray | None = None
+
+    def column(self, name: str) -> np.ndarray:
+        return np.array([getattr(record, name) for record in self.records])
+
+    @property
+    def total_uploads(self) -> int:
+        return int(sum(record.uploads for record in self.records))
+
+    @property
+    def total_bits(self) -> int:
+        return int(sum(record.payload_bits for record in self.records))
+
+
+IterationCallback = Callable[[int, ServerMemory, list[WorkerMemory]], None]
+
+
+def run_in_process(
+    algorithm: AlgorithmConfig,
+    problem: ProblemConfig | Problem,
+    iterations: int,
+    *,
+    evaluate_every: int = 1,
+    on_iteration: IterationCallback | None = None,
+) -> RunResult:
+    """Run ``iterations`` rounds of ``algorithm`` on ``problem`` with every worker in this process.
+
+    ``on_iteration(k, server, workers)`` is called after each server step, for checks and logging.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if isinstance(problem, ProblemConfig):
+        problem = build_problem(problem)
+    config = problem.config
+    num_workers = len(problem.objectives)
+    stochastic = algorithm.spec.stochastic
+    bits = algorithm.wire_bits
+    bits_per_upload = payload_bits(bits, problem.size, problem.initial_theta.dtype.itemsize)
+
+    server = ServerMemory(problem.initial_theta, algorithm, num_workers)
+    workers = [WorkerMemory.zeros(problem.size, problem.initial_theta.dtype) for _ in range(num_workers)]
+    result = RunResult(algorithm=algorithm, problem=config)
+
+    for k in range(iterations):
+        started = time.perf_counter()
+        theta = server.theta
+        uploads = 0
+        losses = []
+        for m, (objective, memory) in enumerate(zip(problem.objectives, workers)):
+            batch = (
+                minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if stochastic else None
+            )
+            loss, grad = objective.loss_and_gradient(theta, batch)
+            losses.append(loss)
+            upload = worker_round(memory, grad, bits, server.instruction(m))
+            if upload is None:
+                server.skip(m)
+            else:
+                server.accept(m, upload)
+                uploads += 1
+
+        evaluated = evaluate_every > 0 and (k % evaluate_every == 0 or k == iterations - 1)
+        minibatch_loss = float(np.mean(losses))
+        if not stochastic:
+            train_loss = minibatch_loss
+        else:
+            train_loss = problem.training_loss(theta) if evaluated else float("nan")
+        test_loss, test_accuracy = problem.test_metrics(theta) if evaluated else (float("nan"), float("nan"))
+        server.step()
+        result.records.append(
+            IterationRecord(
+                iteration=k,
+                uploads=uploads,
+                payload_bits=uploads * bits_per_upload,
+                train_loss=train_loss,
+                minibatch_loss=minibatch_loss,
+                test_loss=test_loss,
+                test_accuracy=test_accuracy,
+                seconds=time.perf_counter() - started,
+            )
+        )
+        if on_iteration is not None:
+            on_iteration(k, server, workers)
+    result.theta = server.theta
+    return result

@@ -1,0 +1,138 @@
+"""The paper's two models and the local objective f_m, evaluated at a flat parameter vector.
+
+* ``logistic``: multinomial logistic regression 784 -> 10 with bias, p = 7,850.
+* ``mlp``: 784 -> 200 (ReLU) -> 10, p = 159,010.
+
+``f_m(theta) = mean cross-entropy over worker m's samples + (lam/2) ||theta||^2`` on all
+parameters, biases included (the authors' setup, ``../shared/notes/paper-setup.md``).
+Parameters travel as one flat vector; :class:`FlatModel` maps it back to the tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+NUM_FEATURES = 784
+NUM_CLASSES = 10
+HIDDEN_UNITS = 200
+
+
+def build_module(name: str) -> nn.Module:
+    """The torch module for ``"logistic"`` or ``"mlp"``."""
+    if name == "logistic":
+        return nn.Linear(NUM_FEATURES, NUM_CLASSES)
+    if name == "mlp":
+        return nn.Sequential(
+            nn.Linear(NUM_FEATURES, HIDDEN_UNITS), nn.ReLU(), nn.Linear(HIDDEN_UNITS, NUM_CLASSES)
+        )
+    raise ValueError(f"unknown model {name!r}; expected 'logistic' or 'mlp'")
+
+
+class FlatModel:
+    """A torch module evaluated at a flat parameter vector, with the map between both layouts."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        named = list(module.named_parameters())
+        self.names = [name for name, _ in named]
+        self.shapes = [tuple(param.shape) for _, param in named]
+        self.numels = [param.numel() for _, param in named]
+        self.offsets = np.cumsum([0, *self.numels]).tolist()
+        self.size = int(self.offsets[-1])
+
+    @classmethod
+    def named(cls, name: str) -> FlatModel:
+        return cls(build_module(name))
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``flat`` shaped like the module's parameters (no copy, gradients flow through)."""
+        if flat.shape != (self.size,):
+            raise ValueError(f"expected a flat vector of {self.size} parameters, got shape {tuple(flat.shape)}")
+        return {
+            name: flat[start:end].view(shape)
+            for name, shape, start, end in zip(self.names, self.shapes, self.offsets, self.offsets[1:])
+        }
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate tensors named like the module's parameters into one flat vector."""
+        return torch.cat([tensors[name].reshape(-1) for name in self.names])
+
+    def logits(self, theta: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.unflatten(theta), (features,))
+
+    def initial_parameters(self, init: str = "glorot", seed: int = 0, dtype: str = "float32") -> np.ndarray:
+        """theta^0: Glorot-uniform weights and zero biases from ``seed`` (Keras defaults), or all zeros."""
+        torch_dtype = getattr(torch, dtype)
+        tensors = {name: torch.zeros(shape, dtype=torch_dtype) for name, shape in zip(self.names, self.shapes)}
+        if init == "glorot":
+            generator = torch.Generator().manual_seed(seed)
+            for tensor in tensors.values():
+                if tensor.dim() >= 2:
+                    nn.init.xavier_uniform_(tensor, generator=generator)
+        elif init != "zeros":
+            raise ValueError(f"unknown init {init!r}; expected 'glorot' or 'zeros'")
+        return self.flatten(tensors).numpy()
+
+
+class LocalObjective:
+    """``f_m(theta) = mean CE over the worker's samples + (lam/2) ||theta||^2`` and its gradient."""
+
+    def __init__(self, model: FlatModel, features: torch.Tensor, labels: torch.Tensor, lam: float) -> None:
+        if features.shape[0] != labels.shape[0] or features.shape[0] == 0:
+            raise ValueError(f"need matching, non-empty features and labels, got {features.shape[0]} and {labels.shape[0]}")
+        self.model = model
+        self.features = features
+        self.labels = labels
+        self.lam = lam
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def _batch(self, batch: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch is None:
+            return self.features, self.labels
+        index = torch.from_numpy(np.asarray(batch, np.int64))
+        return self.features[index], self.labels[index]
+
+    def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """``f_m(theta)`` and ``grad f_m(theta)`` (on ``batch`` sample indices when given: SGD, SLAQ)."""
+        features, labels = self._batch(batch)
+        theta = _writable(theta)
+        params = torch.from_numpy(theta).detach().requires_grad_(True)
+        cross_entropy = F.cross_entropy(self.model.logits(params, features), labels)
+        (grad,) = torch.autograd.grad(cross_entropy, params)
+        grad = grad.numpy()
+        grad += self.lam * theta
+        return float(cross_entropy.detach()) + self._regulariser(theta), grad
+
+    @torch.no_grad()
+    def loss(self, theta: np.ndarray, batch: np.ndarray | None = None) -> float:
+        """``f_m(theta)`` (on ``batch`` when given)."""
+        features, labels = self._batch(batch)
+        logits = self.model.logits(torch.from_numpy(_writable(theta)), features)
+        return float(F.cross_entropy(logits, labels)) + self._regulariser(theta)
+
+    def _regulariser(self, theta: np.ndarray) -> float:
+        theta64 = theta.astype(np.float64)
+        return 0.5 * self.lam * float(np.dot(theta64, theta64))
+
+
+@torch.no_grad()
+def evaluate(model: FlatModel, theta: np.ndarray, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy (no regulariser) and accuracy of ``theta`` on a labelled set."""
+    logits = model.logits(torch.from_numpy(_writable(theta)), features)
+    loss = float(F.cross_entropy(logits, labels))
+    accuracy = float((logits.argmax(dim=1) == labels).double().mean())
+    return loss, accuracy
+
+
+def _writable(theta: np.ndarray) -> np.ndarray:
+    # torch.from_numpy warns on read-only buffers (e.g. arrays decoded from a message); copy those once.
+    return theta if theta.flags.writeable else theta.copy()

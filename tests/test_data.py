@@ -1,0 +1,94 @@
+"""Datasets and partitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from laq_fl.data import (
+    MNIST_RAW_FILES,
+    DatasetNotFoundError,
+    load_mnist,
+    load_partition,
+    make_synthetic,
+    minibatch_indices,
+    partition_indices,
+)
+
+
+def assert_disjoint_cover(shards: list[np.ndarray], total: int) -> None:
+    joined = np.concatenate(shards)
+    assert joined.size == total
+    np.testing.assert_array_equal(np.sort(joined), np.arange(total))
+
+
+def test_contiguous_is_the_papers_split() -> None:
+    shards = partition_indices(np.zeros(60000), 10, "contiguous")
+    for m, shard in enumerate(shards):
+        np.testing.assert_array_equal(shard, np.arange(6000 * m, 6000 * (m + 1)))
+    assert_disjoint_cover(partition_indices(np.zeros(103), 10, "contiguous"), 103)
+
+
+def test_iid_is_seeded_disjoint_and_balanced() -> None:
+    labels = np.zeros(1003)
+    shards = partition_indices(labels, 7, "iid", seed=3)
+    assert_disjoint_cover(shards, 1003)
+    assert {len(s) for s in shards} <= {143, 144}
+    assert all(np.array_equal(a, b) for a, b in zip(shards, partition_indices(labels, 7, "iid", seed=3)))
+    assert not all(np.array_equal(a, b) for a, b in zip(shards, partition_indices(labels, 7, "iid", seed=4)))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.5, 100.0])
+def test_dirichlet_covers_and_skews(alpha: float) -> None:
+    labels = np.repeat(np.arange(10), 200)
+    shards = partition_indices(labels, 8, "dirichlet", seed=1, alpha=alpha)
+    assert_disjoint_cover(shards, labels.size)
+    assert all(len(s) > 0 for s in shards)
+    histograms = np.array([np.bincount(labels[s], minlength=10) / len(s) for s in shards])
+    spread = np.abs(histograms - 0.1).mean()
+    if alpha <= 0.05:
+        assert spread > 0.1  # strongly label-skewed
+    if alpha >= 100:
+        assert spread < 0.05  # close to iid
+
+
+def test_unknown_partition_rejected() -> None:
+    with pytest.raises(ValueError, match="partition"):
+        partition_indices(np.zeros(10), 2, "round-robin")
+
+
+def test_mnist_partition_matches_the_data_and_is_cached(mnist_dir: str) -> None:
+    data = load_mnist(mnist_dir)
+    assert data.train_features.shape == (60000, 784) and data.test_features.shape == (10000, 784)
+    assert float(data.train_features.max()) == 1.0 and float(data.train_features.min()) == 0.0
+    np.testing.assert_array_equal(np.bincount(data.test_labels.numpy()), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+    features, labels = load_partition("mnist", mnist_dir, "contiguous", 10, 3)
+    assert features.shape == (6000, 784)
+    np.testing.assert_array_equal(features.numpy(), data.train_features[18000:24000].numpy())
+    np.testing.assert_array_equal(labels.numpy(), data.train_labels[18000:24000].numpy())
+    again = load_partition("mnist", mnist_dir, "contiguous", 10, 3)
+    assert again[0] is features  # loaded once per process, not once per round
+
+
+def test_missing_mnist_names_the_directory_and_files(tmp_path) -> None:
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_mnist(str(tmp_path / "nowhere"))
+    message = str(info.value)
+    assert str(tmp_path / "nowhere") in message
+    assert all(name in message for name in MNIST_RAW_FILES)
+
+
+def test_synthetic_is_seeded() -> None:
+    a, b, c = make_synthetic(1), make_synthetic(1), make_synthetic(2)
+    assert a is b
+    assert not np.array_equal(a.train_features.numpy(), c.train_features.numpy())
+    assert a.train_features.shape == (6000, 784) and set(np.unique(a.train_labels.numpy())) <= set(range(10))
+
+
+def test_minibatches_are_seeded_and_without_replacement() -> None:
+    batch = minibatch_indices(6000, 500, seed=0, worker=2, iteration=7)
+    assert batch.size == 500 and np.unique(batch).size == 500 and batch.max() < 6000
+    np.testing.assert_array_equal(batch, minibatch_indices(6000, 500, seed=0, worker=2, iteration=7))
+    assert not np.array_equal(batch, minibatch_indices(6000, 500, seed=0, worker=2, iteration=8))
+    assert not np.array_equal(batch, minibatch_indices(6000, 500, seed=0, worker=3, iteration=7))
+    np.testing.assert_array_equal(minibatch_indices(10, 500, 0, 0, 0), np.arange(10))
