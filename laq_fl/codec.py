@@ -100,6 +100,27 @@ def encode_upload(quantization: Quantization, bits: int) -> Upload:
     return Upload(data=pack_levels(quantization.levels, bits), radius=float(quantization.radius))
 
 
+def upload_to_bytes(upload: Upload, bits: int) -> bytes:
+    """One blob for the wire: the radius as little-endian float32, then the packed levels (``4 + ceil(b p / 8)`` bytes).
+
+    Full-precision uploads carry no radius: the blob is the raw floats.
+    """
+    if validate_bits(bits) == FULL_PRECISION:
+        return upload.data
+    return np.float32(upload.radius).astype("<f4").tobytes() + upload.data
+
+
+def upload_from_bytes(blob: bytes | bytearray | memoryview | np.ndarray, bits: int) -> Upload:
+    """Split a blob made by :func:`upload_to_bytes`; :func:`decode_upload` validates the parts."""
+    buffer = _as_byte_array(blob)
+    if validate_bits(bits) == FULL_PRECISION:
+        return Upload(data=buffer.tobytes(), radius=0.0)
+    if buffer.size < RADIUS_BITS // 8:
+        raise PayloadError(f"a {bits}-bit upload starts with a 4-byte float32 radius; got {buffer.size} bytes")
+    radius = float(buffer[:4].view("<f4")[0])
+    return Upload(data=buffer[4:].tobytes(), radius=radius)
+
+
 def decode_upload(
     data: bytes | bytearray | memoryview | np.ndarray,
     radius: float,
@@ -159,4 +180,6 @@ __all__ = [
     "packed_size",
     "payload_bits",
     "unpack_levels",
+    "upload_from_bytes",
+    "upload_to_bytes",
 ]

@@ -29,6 +29,9 @@ class ServerMemory:
         ``Q_m(theta_hat_m)`` per worker, in the dtype of ``theta``; a worker is absent until its first upload.
     skip_clocks
         Consecutive skips per worker, for (7b).
+    out_of_sync
+        Workers whose last reply was lost or rejected: the server cannot know whether the worker
+        moved its ``Q_hat``, so it keeps the stale copy for now and asks for a reset upload.
     recent_sq_diffs
         ``||theta^{k+1-d} - theta^{k-d}||^2`` for ``d = 1..D``, newest first, for (7a).
     """
@@ -42,6 +45,7 @@ class ServerMemory:
         self.aggregate = np.zeros(theta.shape, np.float64)
         self.copies: dict[WorkerKey, np.ndarray] = {}
         self.skip_clocks: dict[WorkerKey, int] = {}
+        self.out_of_sync: set[WorkerKey] = set()
         self.recent_sq_diffs: deque[float] = deque(maxlen=config.memory)
         self.iteration = 0
 
@@ -59,14 +63,17 @@ class ServerMemory:
         """Threshold and forced-upload flag for ``worker`` at this iteration.
 
         Uploads are forced every round for non-lazy members (GD, QGD, SGD), for a worker
-        the server holds no copy of (its first round, or after :meth:`forget`), and by (7b).
+        the server holds no copy of (its first round, or after :meth:`forget`), for a worker
+        out of sync (with a reset: both sides restart from ``Q_hat = 0``), and by (7b).
         """
+        reset = worker in self.out_of_sync
         force = (
-            not self.config.spec.lazy
+            reset
+            or not self.config.spec.lazy
             or worker not in self.copies
             or upload_forced(self.skip_clocks.get(worker, 0), self.config.t_bar)
         )
-        return Instruction(threshold=self.threshold(), force_upload=force)
+        return Instruction(threshold=self.threshold(), force_upload=force, reset=reset)
 
     def decode(self, worker: WorkerKey, upload: Upload) -> np.ndarray:
         """The worker's new ``Q_m(theta^k)`` from its upload; raises ``PayloadError`` and changes nothing if malformed."""
@@ -74,24 +81,32 @@ class ServerMemory:
         decoded = decode_upload(upload.data, upload.radius, bits, self.size, self.theta.dtype)
         if bits == FULL_PRECISION:
             return decoded
-        previous = self.copies.get(worker)
+        previous = None if worker in self.out_of_sync else self.copies.get(worker)
         if previous is None:
             previous = np.zeros(self.size, self.theta.dtype)
         return dequantize(previous, decoded, upload.radius, bits)
 
     def accept(self, worker: WorkerKey, upload: Upload) -> None:
-        """Fold an upload into the copy and the aggregate: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4)."""
-        new_copy = self.decode(worker, upload)
+        """Decode an upload and fold it in (:meth:`decode` then :meth:`commit`)."""
+        self.commit(worker, self.decode(worker, upload))
+
+    def commit(self, worker: WorkerKey, new_copy: np.ndarray) -> None:
+        """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock."""
         previous = self.copies.get(worker)
         self.aggregate += new_copy
         if previous is not None:
             self.aggregate -= previous
         self.copies[worker] = new_copy
         self.skip_clocks[worker] = 0
+        self.out_of_sync.discard(worker)
 
     def skip(self, worker: WorkerKey) -> None:
         """The worker uploaded nothing: keep its stale copy and advance its clock (Algorithm 2, step 9)."""
         self.skip_clocks[worker] = self.skip_clocks.get(worker, 0) + 1
+
+    def lost(self, worker: WorkerKey) -> None:
+        """A reply from ``worker`` was lost or rejected: reuse its stale copy this round, resync next round."""
+        self.out_of_sync.add(worker)
 
     def forget(self, worker: WorkerKey) -> None:
         """Drop a worker's copy (for example after a lost upload); its next upload is forced and starts from zero."""
@@ -99,6 +114,7 @@ class ServerMemory:
         if previous is not None:
             self.aggregate -= previous
         self.skip_clocks.pop(worker, None)
+        self.out_of_sync.discard(worker)
 
     def step(self) -> np.ndarray:
         """``theta^{k+1} = theta^k - alpha nabla^k`` (4); records the parameter difference for (7a)."""

@@ -16,10 +16,15 @@ LAST_ERROR_SQ_KEY = "last-error-sq"
 
 @dataclass(frozen=True)
 class Instruction:
-    """What the server tells one worker with theta^k: the (7a) threshold and whether (7b) forces an upload."""
+    """What the server tells one worker with theta^k.
+
+    ``threshold`` is the shared part of (7a); ``force_upload`` is (7b) or a non-lazy member;
+    ``reset`` asks the worker to restart from ``Q_hat = 0`` because the server lost its last reply.
+    """
 
     threshold: float
     force_upload: bool
+    reset: bool = False
 
 
 @dataclass
@@ -62,6 +67,8 @@ def worker_round(memory: WorkerMemory, grad: np.ndarray, bits: int, instruction:
     On upload the memory moves to the new ``Q`` and its error; on a skip it is unchanged,
     just as the server keeps its stale copy.
     """
+    if instruction.reset:
+        memory.reset()
     quantization = quantize_innovation(grad, memory.q_hat, bits)
     error_sq = quantization.error_sq
     if not instruction.force_upload:
