@@ -22,7 +22,10 @@ from laq_fl.worker import WorkerMemory, worker_round
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """What happened at iteration k, measured at ``theta^k`` (before the step)."""
+    """Iteration k: uploads and losses at ``theta^k``; test metrics at ``theta^{k+1}``, the model it produced.
+
+    This is the row of round ``k + 1`` in the Flower app's results file.
+    """
 
     iteration: int
     uploads: int
@@ -108,8 +111,8 @@ def run_in_process(
             train_loss = minibatch_loss
         else:
             train_loss = problem.training_loss(theta) if evaluated else float("nan")
-        test_loss, test_accuracy = problem.test_metrics(theta) if evaluated else (float("nan"), float("nan"))
-        server.step()
+        new_theta = server.step()
+        test_loss, test_accuracy = problem.test_metrics(new_theta) if evaluated else (float("nan"), float("nan"))
         result.records.append(
             IterationRecord(
                 iteration=k,

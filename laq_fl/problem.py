@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,3 +66,15 @@ def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -
         test_features=dataset.test_features.to(dtype),
         test_labels=dataset.test_labels,
     )
+
+
+def test_evaluator(config: ProblemConfig) -> Callable[[np.ndarray], tuple[float, float]]:
+    """Test cross-entropy and accuracy of a theta, for centralised evaluation (no training data loaded)."""
+    model = FlatModel.named(config.model)
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    features = dataset.test_features.to(getattr(torch, config.dtype))
+
+    def evaluate_theta(theta: np.ndarray) -> tuple[float, float]:
+        return evaluate(model, theta, features, dataset.test_labels)
+
+    return evaluate_theta

@@ -1,0 +1,162 @@
+"""The Flower run config (``[tool.flwr.app.config]``, kebab-case keys) parsed once into frozen settings.
+
+Every key lives here. Parsing checks types and values and raises :class:`~laq_fl.config.ConfigError`
+naming the key and what it allows, so a bad run stops before round 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
+from laq_fl.rule import default_xi
+
+DATA_DIR_ENV = "LAQ_FL_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/laq-fl/data"
+DEFAULT_OUT_DIR = "~/laq-fl-runs"
+
+# key -> (type, default). Defaults: the paper's LAQ logistic-regression setting on MNIST, 10 clients.
+RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
+    "algorithm": (str, "laq"),
+    "model": (str, "logistic"),
+    "dataset": (str, "mnist"),
+    "partition": (str, "contiguous"),
+    "dirichlet-alpha": (float, 0.5),
+    "num-clients": (int, 10),
+    "rounds": (int, 300),
+    "bits": (int, 4),
+    "lr": (float, 0.02),
+    "xi-sum": (float, 0.8),
+    "D": (int, 10),
+    "t-bar": (int, 100),
+    "batch-size": (int, 500),
+    "lambda": (float, 0.01),
+    "seed": (int, 0),
+    "init": (str, "glorot"),
+    "dtype": (str, "float32"),
+    "data-dir": (str, ""),
+    "out-dir": (str, ""),
+    "run-name": (str, ""),
+    "round-timeout": (float, 600.0),
+    "node-wait-timeout": (float, 120.0),
+}
+
+# Fields of the library's configs -> the run-config key a user sets.
+_FIELD_TO_KEY = {
+    "algorithm": "algorithm",
+    "bits": "bits",
+    "lr": "lr",
+    "xi": "xi-sum",
+    "t_bar": "t-bar",
+    "batch_size": "batch-size",
+    "model": "model",
+    "dataset": "dataset",
+    "partition": "partition",
+    "num_workers": "num-clients",
+    "lam": "lambda",
+    "init": "init",
+    "seed": "seed",
+    "dtype": "dtype",
+    "data_dir": "data-dir",
+    "dirichlet_alpha": "dirichlet-alpha",
+}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a Flower run of the LAQ family needs, validated."""
+
+    algorithm: AlgorithmConfig
+    problem: ProblemConfig
+    rounds: int
+    out_dir: str
+    run_name: str
+    round_timeout: float
+    node_wait_timeout: float
+
+    @property
+    def num_clients(self) -> int:
+        return self.problem.num_workers
+
+
+def _typed(key: str, value: Any) -> Any:
+    expected, _ = RUN_CONFIG_SCHEMA[key]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(key, f"must be {expected.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _absolute_dir(key: str, value: str, fallback: str) -> str:
+    path = Path(os.path.expanduser(value or fallback))
+    if not path.is_absolute():
+        raise ConfigError(
+            key, f"must be an absolute path (the apps run in the SuperLink's working directory), got {value!r}"
+        )
+    return str(path)
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
+    """Validate ``run_config`` and build :class:`RunSettings`; missing keys take their defaults."""
+    unknown = sorted(set(run_config) - set(RUN_CONFIG_SCHEMA))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown key; known keys are {', '.join(RUN_CONFIG_SCHEMA)}")
+    values = {key: _typed(key, run_config.get(key, default)) for key, (_, default) in RUN_CONFIG_SCHEMA.items()}
+
+    if values["D"] < 1:
+        raise ConfigError("D", f"must be an integer >= 1 (the number of parameter differences), got {values['D']}")
+    for key in ("rounds",):
+        if values[key] < 1:
+            raise ConfigError(key, f"must be an integer >= 1, got {values[key]}")
+    for key in ("round-timeout", "node-wait-timeout"):
+        if not values[key] > 0:
+            raise ConfigError(key, f"must be a number of seconds > 0, got {values[key]}")
+    data_dir = _absolute_dir("data-dir", values["data-dir"], os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+    out_dir = _absolute_dir("out-dir", values["out-dir"], DEFAULT_OUT_DIR)
+
+    try:
+        algorithm = AlgorithmConfig(
+            algorithm=values["algorithm"],
+            bits=values["bits"],
+            lr=values["lr"],
+            xi=_xi(values["xi-sum"], values["D"]),
+            t_bar=values["t-bar"],
+            batch_size=values["batch-size"],
+        )
+        problem = ProblemConfig(
+            model=values["model"],
+            dataset=values["dataset"],
+            partition=values["partition"],
+            num_workers=values["num-clients"],
+            lam=values["lambda"],
+            init=values["init"],
+            seed=values["seed"],
+            dtype=values["dtype"],
+            data_dir=data_dir,
+            dirichlet_alpha=values["dirichlet-alpha"],
+        )
+    except ConfigError as error:
+        key = _FIELD_TO_KEY.get(error.key, error.key)
+        raise ConfigError(key, str(error).split(": ", 1)[1]) from None
+    return RunSettings(
+        algorithm=algorithm,
+        problem=problem,
+        rounds=values["rounds"],
+        out_dir=out_dir,
+        run_name=values["run-name"],
+        round_timeout=values["round-timeout"],
+        node_wait_timeout=values["node-wait-timeout"],
+    )
+
+
+def _xi(total: float, memory: int) -> tuple[float, ...]:
+    if total < 0:
+        raise ConfigError("xi-sum", f"must be >= 0 (xi_d = xi-sum / D), got {total}")
+    return default_xi(memory, total)
