@@ -1,0 +1,120 @@
+"""What travels in the LAQ protocol and how it maps to Flower records (kebab-case keys, named once).
+
+Server -> worker (``train`` message):
+    ``theta``        ArrayRecord with theta^k as one float array
+    ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``bits``, ``batch-size`` (0: full gradient),
+                     ``threshold`` (the shared part of 7a), ``force-upload`` (7b), ``reset`` (resync)
+
+Worker -> server (reply):
+    ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k), ``num-examples``
+    ``upload``       ConfigRecord with ``payload`` (bytes: float32 R + packed levels); absent for a skip
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from laq_fl.codec import PayloadError
+from laq_fl.worker import Instruction
+
+THETA = "theta"
+INSTRUCTION = "instruction"
+METRICS = "metrics"
+UPLOAD = "upload"
+PAYLOAD = "payload"
+ITERATION = "iteration"
+BITS = "bits"
+BATCH_SIZE = "batch-size"
+THRESHOLD = "threshold"
+FORCE_UPLOAD = "force-upload"
+RESET = "reset"
+PARTITION_ID = "partition-id"
+LOSS = "loss"
+NUM_EXAMPLES = "num-examples"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """A decoded ``train`` message: theta^k and what the server asks of the worker."""
+
+    theta: np.ndarray
+    iteration: int
+    bits: int
+    batch_size: int
+    instruction: Instruction
+
+
+def train_content(theta: ArrayRecord, iteration: int, bits: int, batch_size: int, instruction: Instruction) -> RecordDict:
+    return RecordDict(
+        {
+            THETA: theta,
+            INSTRUCTION: ConfigRecord(
+                {
+                    ITERATION: iteration,
+                    BITS: bits,
+                    BATCH_SIZE: batch_size,
+                    THRESHOLD: float(instruction.threshold),
+                    FORCE_UPLOAD: bool(instruction.force_upload),
+                    RESET: bool(instruction.reset),
+                }
+            ),
+        }
+    )
+
+
+def read_train_request(message: Message) -> TrainRequest:
+    content = message.content
+    config = content.config_records[INSTRUCTION]
+    (theta,) = content.array_records[THETA].to_numpy_ndarrays()
+    return TrainRequest(
+        theta=theta,
+        iteration=int(config[ITERATION]),
+        bits=int(config[BITS]),
+        batch_size=int(config[BATCH_SIZE]),
+        instruction=Instruction(
+            threshold=float(config[THRESHOLD]),
+            force_upload=bool(config[FORCE_UPLOAD]),
+            reset=bool(config[RESET]),
+        ),
+    )
+
+
+def reply_content(partition_id: int, loss: float, num_examples: int, payload: bytes | None) -> RecordDict:
+    """A skip is the MetricRecord alone; an upload adds the payload bytes."""
+    records: dict = {METRICS: MetricRecord({PARTITION_ID: partition_id, LOSS: float(loss), NUM_EXAMPLES: num_examples})}
+    if payload is not None:
+        records[UPLOAD] = ConfigRecord({PAYLOAD: payload})
+    return RecordDict(records)
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    partition_id: int
+    loss: float
+    payload: bytes | None
+
+
+def read_train_reply(message: Message) -> TrainReply:
+    """Decode a worker's reply; raises :class:`PayloadError` when its records are not what the protocol says."""
+    content = message.content
+    metrics = content.metric_records.get(METRICS)
+    if metrics is None:
+        raise PayloadError(f"reply has no '{METRICS}' MetricRecord")
+    try:
+        partition_id = int(metrics[PARTITION_ID])
+        loss = float(metrics[LOSS])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError(f"reply metrics need '{PARTITION_ID}' and '{LOSS}': {exc}") from exc
+    if not math.isfinite(loss):
+        raise PayloadError(f"reply reports a non-finite loss {loss}")
+    payload = None
+    upload = content.config_records.get(UPLOAD)
+    if upload is not None:
+        payload = upload.get(PAYLOAD)
+        if not isinstance(payload, bytes):
+            raise PayloadError(f"'{UPLOAD}' must carry bytes under '{PAYLOAD}', got {type(payload).__name__}")
+    return TrainReply(partition_id=partition_id, loss=loss, payload=payload)

@@ -1,0 +1,13 @@
+"""Flower ServerApp: LAQ and its family (GD, QGD, LAG, SGD, SLAQ), configured by the run config."""
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from laq_fl.flower.server import run_server
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_server(grid, context)
