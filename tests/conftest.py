@@ -24,3 +24,15 @@ def mnist_dir() -> str:
     if not (raw / "train-images-idx3-ubyte").exists() and not (raw / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"MNIST not found under {raw}; set {DATA_DIR_ENV} to the folder that holds MNIST/raw/")
     return str(path)
+
+
+@pytest.fixture
+def task_identity():
+    """Building a Flower Message outside a runtime needs the (private) task identity set."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    TaskIdentity.task_id = 0
+    return TaskIdentity

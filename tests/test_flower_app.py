@@ -1,0 +1,120 @@
+"""The real ServerApp, strategy and ClientApp through the in-process Grid."""
+
+from __future__ import annotations
+
+import json
+import tomllib  # Python >= 3.11
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from client_app import app as client_app
+from conftest import REPO_ROOT
+from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
+from laq_fl.driver import run_in_process
+from laq_fl.flower import InProcessGrid, run_server
+from laq_fl.flower.client import MEMORY_RECORD, handle_train
+from laq_fl.flower.strategy import make_strategy
+from laq_fl.models import FlatModel
+from laq_fl.run_config import RUN_CONFIG_SCHEMA
+
+
+def run_app(run_config: dict, num_nodes: int, handler=client_app) -> tuple[np.ndarray, list[dict], InProcessGrid]:
+    grid = InProcessGrid(handler, num_nodes, run_config)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    result = run_server(grid, context)
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    path = Path(run_config["out-dir"]) / f"{run_config['run-name']}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return theta, rows, grid
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [("laq", {}), ("slaq", {"bits": 3, "lr": 0.008, "batch-size": 500})],
+)
+def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorithm: str, extra: dict) -> None:
+    rounds = 30
+    run_config = {
+        "algorithm": algorithm, "rounds": rounds, "data-dir": mnist_dir, "out-dir": str(tmp_path), "run-name": algorithm,
+        **extra,
+    }
+    theta, rows, _ = run_app(run_config, 10)
+
+    algorithm_config = AlgorithmConfig(
+        algorithm=algorithm, bits=extra.get("bits", 4), lr=extra.get("lr", 0.02), batch_size=extra.get("batch-size", 500)
+    )
+    expected = run_in_process(algorithm_config, ProblemConfig(data_dir=mnist_dir), rounds)
+    np.testing.assert_array_equal(theta, expected.theta)
+    trained = rows[1:]
+    assert [row["round"] for row in rows] == list(range(rounds + 1))
+    assert [row["uploads"] for row in trained] == expected.column("uploads").tolist()
+    assert [row["payload-bits"] for row in trained] == expected.column("payload_bits").tolist()
+    np.testing.assert_allclose([row["train-loss"] for row in trained], expected.column("minibatch_loss"), rtol=1e-12)
+    np.testing.assert_allclose([row["test-accuracy"] for row in trained], expected.column("test_accuracy"))
+    assert 0 < expected.total_uploads < 10 * rounds  # lazy: some rounds were skipped
+    assert all(row["uplink-bytes"] * 8 > row["payload-bits"] for row in trained)
+    assert rows[-1]["uploads-cum"] == expected.total_uploads
+
+
+def test_lost_replies_resync_and_the_run_goes_on(task_identity) -> None:
+    """A node fails in rounds 3 and 4; the server reuses its stale copy, then resyncs it."""
+    failures = []
+
+    def flaky(message: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == 1 and message.content["instruction"]["iteration"] in (2, 3):
+            # Fail after the worker moved its memory: the worst case for keeping the copies in sync.
+            handle_train(message, context)
+            failures.append(message.content["instruction"]["iteration"])
+            raise ConnectionError("uplink dropped")
+        return handle_train(message, context)
+
+    run_config = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused"}
+    grid = InProcessGrid(flaky, 3, run_config)
+    theta0 = FlatModel.named("logistic").initial_parameters("glorot", 0)
+    strategy = make_strategy(AlgorithmConfig(algorithm="laq", bits=4), theta0, 3)
+    strategy.start(grid, ArrayRecord([theta0]), num_rounds=8)
+
+    assert failures == [2, 3]
+    assert [strategy.round_metrics[r]["rejected"] for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
+    memory = strategy.memory
+    assert not memory.out_of_sync
+    for node, context in grid.contexts.items():
+        worker_q_hat = context.state.array_records[MEMORY_RECORD]["q-hat"].numpy()
+        np.testing.assert_array_equal(memory.copies[node], worker_q_hat)
+    np.testing.assert_allclose(memory.aggregate, sum(c.astype(np.float64) for c in memory.copies.values()), atol=1e-12)
+    losses = [strategy.round_metrics[r]["train-loss"] for r in range(1, 9)]
+    assert losses[-1] < losses[0]
+
+
+BAD_VALUES = [
+    ("bits", 0), ("bits", 17), ("bits", 31), ("lr", 0.0), ("lr", -1.0), ("xi-sum", -0.1), ("D", 0), ("t-bar", 0),
+    ("algorithm", "adam"), ("model", "cnn"), ("partition", "shards"), ("num-clients", 0), ("rounds", 0),
+    ("dtype", "float16"), ("lambda", -1.0), ("batch-size", 0), ("data-dir", "relative/path"), ("bits", "four"),
+    ("no-such-key", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES)
+def test_invalid_run_config_stops_before_round_one(tmp_path, task_identity, key: str, value: object) -> None:
+    delivered = []
+
+    def recording(message: Message, context: Context) -> Message:
+        delivered.append(message)
+        return handle_train(message, context)
+
+    run_config = {"dataset": "synthetic", "num-clients": 2, "rounds": 2, "out-dir": str(tmp_path), "run-name": "bad"}
+    run_config[key] = value
+    grid = InProcessGrid(recording, 2, run_config)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config)
+    with pytest.raises(ConfigError) as info:
+        run_server(grid, context)
+    assert info.value.key == key and key in str(info.value)
+    assert delivered == [] and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_pyproject_run_config_matches_the_schema() -> None:
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config == {key: default for key, (_, default) in RUN_CONFIG_SCHEMA.items()}

@@ -1,0 +1,82 @@
+"""The ClientApp's train handler: memory in context.state, compact replies, bytes on the wire."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+
+from laq_fl.codec import payload_bits
+from laq_fl.flower.client import MEMORY_RECORD, handle_train
+from laq_fl.flower.messages import read_train_reply, train_content
+from laq_fl.flower.wire import downlink_bytes, uplink_bytes
+from laq_fl.models import FlatModel
+from laq_fl.worker import Instruction
+
+RUN_CONFIG = {"dataset": "synthetic", "num-clients": 3, "bits": 4, "data-dir": "/nonexistent-data-dir"}
+
+
+def make_context(partition: int = 1) -> Context:
+    return Context(
+        run_id=1, node_id=77, node_config={"partition-id": partition, "num-partitions": 3}, state=RecordDict(),
+        run_config=dict(RUN_CONFIG),
+    )
+
+
+def train_message(theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4) -> Message:
+    message = Message(train_content(ArrayRecord([theta]), iteration, bits, 0, instruction), 77, MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    return message
+
+
+@pytest.fixture
+def theta() -> np.ndarray:
+    return FlatModel.named("logistic").initial_parameters("glorot", seed=0)
+
+
+def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.ndarray) -> None:
+    context = make_context()
+    first = handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True)), context)
+    parsed = read_train_reply(first)
+    assert parsed.partition_id == 1 and parsed.payload is not None
+    assert len(parsed.payload) == 4 + (4 * theta.size + 7) // 8
+    record = context.state.array_records[MEMORY_RECORD]
+    q_hat = record["q-hat"].numpy()
+    assert q_hat.dtype == np.float32 and q_hat.shape == theta.shape and np.any(q_hat)
+    assert sum(array.numpy().nbytes for array in record.values()) <= 4 * theta.size + 8  # one float32 copy of Q_hat
+
+    # Same theta, generous threshold: the innovation is tiny, so the worker skips and keeps its memory.
+    second = handle_train(train_message(theta, 1, Instruction(1e9, force_upload=False)), context)
+    assert read_train_reply(second).payload is None
+    assert not second.content.array_records and "upload" not in second.content.config_records
+    np.testing.assert_array_equal(context.state.array_records[MEMORY_RECORD]["q-hat"].numpy(), q_hat)
+    assert uplink_bytes(second) < 1024
+
+
+def test_reset_restarts_from_zero(task_identity, theta: np.ndarray) -> None:
+    context = make_context()
+    handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True)), context)
+    reply = handle_train(train_message(theta, 1, Instruction(0.0, force_upload=True, reset=True)), context)
+    fresh = handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True)), make_context())
+    assert read_train_reply(reply).payload == read_train_reply(fresh).payload  # innovation taken against zero
+
+
+@pytest.mark.parametrize(("bits", "model"), [(4, "logistic"), (8, "logistic"), (32, "logistic"), (8, "mlp")])
+def test_uplink_bytes_are_payload_plus_bounded_envelope(task_identity, bits: int, model: str) -> None:
+    context = make_context()
+    context.run_config = {**RUN_CONFIG, "model": model, "bits": bits}
+    theta = FlatModel.named(model).initial_parameters("glorot", seed=0)
+    reply = handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True), bits), context)
+    measured = uplink_bytes(reply)
+    payload = payload_bits(bits, theta.size) / 8
+    assert payload < measured < payload + 2048  # envelope: ids, record headers, object tree
+    assert downlink_bytes(train_message(theta, 0, Instruction(0.0, True), bits)) > 4 * theta.size
+
+
+def test_partition_outside_run_config_is_an_error(task_identity, theta: np.ndarray) -> None:
+    context = make_context()
+    context.node_config = {"partition-id": 5, "num-partitions": 6}
+    with pytest.raises(ValueError, match="num-clients=3"):
+        handle_train(train_message(theta, 0, Instruction(0.0, True)), context)

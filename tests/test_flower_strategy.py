@@ -1,0 +1,148 @@
+"""LaqStrategy with hand-built replies: uploads, skips, errors, malformed payloads, lost replies."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from laq_fl.codec import encode_upload, upload_to_bytes
+from laq_fl.config import AlgorithmConfig
+from laq_fl.flower.messages import read_train_request, reply_content
+from laq_fl.flower.strategy import LaqStrategy, SlaqStrategy, make_strategy
+from laq_fl.quantizer import quantize_innovation
+
+SIZE = 6
+NODES = [101, 202, 303]
+
+
+class FakeGrid:
+    def get_node_ids(self) -> list[int]:
+        return list(NODES)
+
+
+def configure(strategy: LaqStrategy, server_round: int) -> dict[int, Message]:
+    messages = list(strategy.configure_train(server_round, None, ConfigRecord(), FakeGrid()))  # type: ignore[arg-type]
+    for message in messages:  # what a Grid does when it pushes
+        message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    return {message.metadata.dst_node_id: message for message in messages}
+
+
+def reply(to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarray, bits: int = 4, loss: float = 1.0) -> Message:
+    payload = None
+    if grad is not None:
+        payload = upload_to_bytes(encode_upload(quantize_innovation(grad, q_hat, bits), bits), bits)
+    message = Message(reply_content(partition, loss, 10, payload), reply_to=to)
+    message.metadata.__dict__["_src_node_id"] = to.metadata.dst_node_id
+    return message
+
+
+@pytest.fixture
+def strategy(task_identity) -> LaqStrategy:
+    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), np.zeros(SIZE, np.float32), 3)
+
+
+def grads(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=SIZE).astype(np.float32) for _ in NODES]
+
+
+def test_first_round_forces_everyone_and_uploads_update_theta(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    for message in sent.values():
+        request = read_train_request(message)
+        assert request.instruction.force_upload and not request.instruction.reset
+        assert request.iteration == 0 and request.bits == 4 and request.batch_size == 0
+        np.testing.assert_array_equal(request.theta, np.zeros(SIZE))
+    g = grads(0)
+    zeros = np.zeros(SIZE, np.float32)
+    replies = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["uploads"] == 3 and metrics["skips"] == 0 and metrics["rejected"] == 0
+    assert metrics["payload-bits"] == 3 * (32 + 4 * SIZE)
+    expected_aggregate = sum(quantize_innovation(gi, zeros, 4).value.astype(np.float64) for gi in g)
+    np.testing.assert_allclose(strategy.memory.aggregate, expected_aggregate)
+    (theta,) = arrays.to_numpy_ndarrays()
+    np.testing.assert_allclose(theta, -0.1 * expected_aggregate, rtol=1e-6)
+
+
+def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(1)
+    strategy.aggregate_train(1, [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)])
+    copies_before = {node: copy.copy() for node, copy in strategy.memory.copies.items()}
+
+    sent = configure(strategy, 2)
+    assert not any(read_train_request(m).instruction.force_upload for m in sent.values())
+    fresh = grads(2)
+    upload = reply(sent[NODES[0]], 0, fresh[0], copies_before[NODES[0]])
+    skip = reply(sent[NODES[1]], 1, None, copies_before[NODES[1]])
+    error = Message(Error(code=2, reason="boom"), reply_to=sent[NODES[2]])
+    arrays, metrics = strategy.aggregate_train(2, [skip, error, upload])
+    assert (metrics["uploads"], metrics["skips"], metrics["rejected"]) == (1, 1, 1)
+    expected_new = quantize_innovation(fresh[0], copies_before[NODES[0]], 4).value
+    np.testing.assert_array_equal(strategy.memory.copies[NODES[0]], expected_new)
+    np.testing.assert_array_equal(strategy.memory.copies[NODES[1]], copies_before[NODES[1]])
+    np.testing.assert_array_equal(strategy.memory.copies[NODES[2]], copies_before[NODES[2]])  # stale copy kept
+    np.testing.assert_allclose(
+        strategy.memory.aggregate, sum(c.astype(np.float64) for c in strategy.memory.copies.values()), atol=1e-12
+    )
+    assert strategy.memory.skip_clocks[NODES[1]] == 1
+
+    # The node whose reply failed is asked to resync: forced upload with reset, decoded against zero.
+    sent = configure(strategy, 3)
+    instruction = read_train_request(sent[NODES[2]]).instruction
+    assert instruction.force_upload and instruction.reset
+    assert not read_train_request(sent[NODES[1]]).instruction.reset
+    resync = reply(sent[NODES[2]], 2, fresh[2], zeros)
+    strategy.aggregate_train(3, [resync])
+    np.testing.assert_array_equal(strategy.memory.copies[NODES[2]], quantize_innovation(fresh[2], zeros, 4).value)
+    assert NODES[2] not in strategy.memory.out_of_sync
+    assert strategy.memory.out_of_sync == {NODES[0], NODES[1]}  # they did not reply in round 3
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        RecordDict({"upload": ConfigRecord({"payload": b"\x00" * 3})}),  # no metrics
+        reply_content(0, 1.0, 10, b"\x00\x00\x80\x3f" + b"\x00"),  # radius 1.0, one byte: too short
+        reply_content(0, 1.0, 10, b"\x00\x00\xc0\x7f" + b"\x00" * 3),  # NaN radius
+        reply_content(0, float("nan"), 10, None),  # NaN loss
+        RecordDict({"metrics": MetricRecord({"loss": 1.0})}),  # no partition id
+    ],
+)
+def test_malformed_reply_is_rejected_and_state_kept(strategy: LaqStrategy, content: RecordDict) -> None:
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(3)
+    good = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES[1:], start=1)]
+    bad = Message(content, reply_to=sent[NODES[0]])
+    _, metrics = strategy.aggregate_train(1, [bad, *good])
+    assert metrics["rejected"] == 1 and metrics["uploads"] == 2
+    assert NODES[0] not in strategy.memory.copies and NODES[0] in strategy.memory.out_of_sync
+    np.testing.assert_allclose(strategy.memory.aggregate, sum(c.astype(np.float64) for c in strategy.memory.copies.values()))
+
+
+def test_missing_and_foreign_replies(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(4)
+    first = reply(sent[NODES[0]], 0, g[0], zeros)
+    duplicate = reply(sent[NODES[0]], 0, g[1], zeros)
+    _, metrics = strategy.aggregate_train(1, [first, duplicate])
+    assert metrics["uploads"] == 1 and metrics["rejected"] == 2  # two nodes never replied
+    np.testing.assert_array_equal(strategy.memory.copies[NODES[0]], quantize_innovation(g[0], zeros, 4).value)
+
+
+def test_strategy_classes_follow_the_algorithm(task_identity) -> None:
+    theta = np.zeros(SIZE, np.float32)
+    assert type(make_strategy(AlgorithmConfig(algorithm="lag"), theta, 2)) is LaqStrategy
+    slaq = make_strategy(AlgorithmConfig(algorithm="slaq", batch_size=32), theta, 2)
+    assert type(slaq) is SlaqStrategy and slaq.batch_size == 32
+    with pytest.raises(ValueError, match="SlaqStrategy"):
+        LaqStrategy(AlgorithmConfig(algorithm="sgd"), theta, 2)
+    sent = configure(slaq, 1)
+    assert all(read_train_request(m).batch_size == 32 for m in sent.values())
