@@ -19,12 +19,15 @@ NODES = [101, 202, 303]
 
 
 class FakeGrid:
+    def __init__(self, nodes: list[int] | None = None) -> None:
+        self.nodes = list(NODES) if nodes is None else nodes
+
     def get_node_ids(self) -> list[int]:
-        return list(NODES)
+        return list(self.nodes)
 
 
-def configure(strategy: LaqStrategy, server_round: int) -> dict[int, Message]:
-    messages = list(strategy.configure_train(server_round, None, ConfigRecord(), FakeGrid()))  # type: ignore[arg-type]
+def configure(strategy: LaqStrategy, server_round: int, grid: FakeGrid | None = None) -> dict[int, Message]:
+    messages = list(strategy.configure_train(server_round, None, ConfigRecord(), grid or FakeGrid()))  # type: ignore[arg-type]
     for message in messages:  # what a Grid does when it pushes
         message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return {message.metadata.dst_node_id: message for message in messages}
@@ -146,3 +149,20 @@ def test_strategy_classes_follow_the_algorithm(task_identity) -> None:
         LaqStrategy(AlgorithmConfig(algorithm="sgd"), theta, 2)
     sent = configure(slaq, 1)
     assert all(read_train_request(m).batch_size == 32 for m in sent.values())
+
+
+def test_restarted_node_does_not_count_twice(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(5)
+    strategy.aggregate_train(1, [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)])
+    # Node 303 restarts and comes back as 404 (same partition 2, new id, empty state).
+    grid = FakeGrid([101, 202, 404])
+    sent = configure(strategy, 2, grid)
+    assert 303 not in strategy.memory.copies
+    assert read_train_request(sent[404]).instruction.force_upload
+    replies = [reply(sent[101], 0, None, zeros), reply(sent[202], 1, None, zeros), reply(sent[404], 2, g[2], zeros)]
+    strategy.aggregate_train(2, replies)
+    assert set(strategy.memory.copies) == {101, 202, 404}
+    expected = sum(quantize_innovation(gi, zeros, 4).value.astype(np.float64) for gi in g)
+    np.testing.assert_allclose(strategy.memory.aggregate, expected, atol=1e-12)

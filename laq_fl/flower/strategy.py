@@ -90,8 +90,14 @@ class LaqStrategy(Strategy):
     ) -> Iterable[Message]:
         """theta^k to every node, with its threshold, forced-upload and reset flags."""
         theta = ArrayRecord([self.memory.theta])  # one record: its objects are shared by all messages
+        node_ids = sorted(grid.get_node_ids())
+        for gone in set(self.memory.copies) - set(node_ids):
+            # A restarted SuperNode comes back under a new id; its old copy must leave the aggregate,
+            # or that partition would count twice once the new node uploads.
+            log(WARNING, "Round %d: node %d is gone; dropping its copy from the aggregate", server_round, gone)
+            self.memory.forget(gone)
         self._sent = {}
-        for node_id in sorted(grid.get_node_ids()):
+        for node_id in node_ids:
             content = train_content(
                 theta, server_round - 1, self.config.wire_bits, self.batch_size, self.memory.instruction(node_id)
             )
