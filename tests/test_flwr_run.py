@@ -1,0 +1,56 @@
+"""End to end: ``flwr run .`` in local simulation against a private SuperLink, then the results file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from flwr_processes import flwr_run, free_port, owned_processes, private_env, start_superlink, stop_processes
+
+
+@pytest.fixture
+def superlink():
+    base = Path(tempfile.mkdtemp(prefix="laqfl", dir="/tmp"))  # short: Ray's socket paths live under it
+    port = free_port()
+    env = private_env(base, port)
+    process = start_superlink(base, env, port)
+    yield base, env
+    stop_processes([process.pid])
+    process.wait(timeout=10)
+    assert not owned_processes([process.pid])[0]
+    listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+    assert f"127.0.0.1:{port} " not in listening
+
+
+def test_flwr_run_writes_the_results_file(superlink, mnist_dir: str) -> None:
+    base, env = superlink
+    rounds = 4
+    run = flwr_run(
+        REPO_ROOT,
+        env,
+        {"num-clients": 3, "rounds": rounds, "data-dir": mnist_dir, "out-dir": str(base / "out"), "run-name": "e2e"},
+        num_supernodes=3,
+    )
+    assert run["status"] == "finished:completed", run["details"] + run["logs"][-3000:]
+    rows = [json.loads(line) for line in (base / "out" / "e2e.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == list(range(rounds + 1))
+    first, last = rows[1], rows[-1]
+    assert first["uploads"] == 3  # every worker's first upload is forced
+    assert first["payload-bits"] == 3 * (32 + 4 * 7850)
+    assert first["uplink-bytes"] > first["payload-bits"] / 8 and first["downlink-bytes"] > 3 * 4 * 7850
+    assert last["uploads-cum"] == sum(row["uploads"] for row in rows)
+    assert last["train-loss"] < first["train-loss"] and last["test-accuracy"] > rows[0]["test-accuracy"]
+    assert "LAQ summary" in run["logs"]
+
+
+def test_flwr_run_rejects_a_bad_key_before_round_one(superlink) -> None:
+    base, env = superlink
+    run = flwr_run(REPO_ROOT, env, {"bits": 17, "num-clients": 2, "out-dir": str(base / "out")}, num_supernodes=2)
+    assert run["status"] == "finished:failed"
+    assert "bits" in run["details"] + run["logs"]
+    assert not (base / "out").exists()
