@@ -42,10 +42,14 @@ class InProcessGrid(Grid):
         num_nodes: int,
         run_config: UserConfig,
         *,
-        run_id: int = 1,
+        run_id: int | None = None,
         seed: int = 0,
     ) -> None:
         rng = random.Random(seed)
+        # Full-size ids, as a SuperLink assigns them: they are varints on the wire, so small ids would
+        # undercount every message by tens of bytes.
+        run_id = rng.getrandbits(63) if run_id is None else run_id
+        task_id = rng.getrandbits(63)
         node_ids: list[int] = []
         while len(node_ids) < num_nodes:  # random 63-bit ids, as a SuperLink assigns
             candidate = rng.getrandbits(63)
@@ -67,7 +71,7 @@ class InProcessGrid(Grid):
         # Messages built by the ServerApp take their source ids from the task identity, as in a runtime.
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
-        TaskIdentity.task_id = 0
+        TaskIdentity.task_id = task_id
 
     def set_run(self, run: Run) -> None:
         self._run = run
