@@ -1,0 +1,47 @@
+"""Summarise results files (JSON Lines, one row per round) into one table row each.
+
+    python scripts/summarize_runs.py ~/laq-fl-runs/*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def summarize(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    trained = [row for row in rows if row["round"] > 0]
+    last = trained[-1]
+    return {
+        "file": path.name,
+        "algorithm": last["algorithm"],
+        "rounds": len(trained),
+        "uploads": last["uploads-cum"],
+        "payload bits": last["payload-bits-cum"],
+        "uplink B": last["uplink-bytes-cum"],
+        "downlink B": last["downlink-bytes-cum"],
+        "train loss": last["train-loss"],
+        "test acc": last["test-accuracy"],
+        "median s/round": statistics.median(row["round-seconds"] for row in trained),
+        "wall s": last["wall-seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args()
+    table = [summarize(path) for path in args.files]
+    header = list(table[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in table:
+        cells = [f"{v:.4g}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v)) for v in row.values()]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
