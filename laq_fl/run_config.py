@@ -118,7 +118,11 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     for key in ("round-timeout", "node-wait-timeout"):
         if not values[key] > 0:
             raise ConfigError(key, f"must be a number of seconds > 0, got {values[key]}")
-    data_dir = _absolute_dir("data-dir", values["data-dir"], os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+    # A relative $LAQ_FL_DATA_DIR comes from the user's shell, so it resolves against the working directory;
+    # only the run config's own data-dir must be absolute (the apps' working directory is the SuperLink's).
+    from_env = os.environ.get(DATA_DIR_ENV)
+    fallback = os.path.abspath(os.path.expanduser(from_env)) if from_env else DEFAULT_DATA_DIR
+    data_dir = _absolute_dir("data-dir", values["data-dir"], fallback)
     out_dir = _absolute_dir("out-dir", values["out-dir"], DEFAULT_OUT_DIR)
 
     try:
