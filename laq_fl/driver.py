@@ -68,10 +68,12 @@ def run_in_process(
     *,
     evaluate_every: int = 1,
     on_iteration: IterationCallback | None = None,
+    stop_when: Callable[[IterationRecord], bool] | None = None,
 ) -> RunResult:
     """Run ``iterations`` rounds of ``algorithm`` on ``problem`` with every worker in this process.
 
-    ``on_iteration(k, server, workers)`` is called after each server step, for checks and logging.
+    ``on_iteration(k, server, workers)`` is called after each server step, for checks and logging;
+    the run ends early after the first record for which ``stop_when(record)`` is true.
     """
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -127,5 +129,7 @@ def run_in_process(
         )
         if on_iteration is not None:
             on_iteration(k, server, workers)
+        if stop_when is not None and stop_when(result.records[-1]):
+            break
     result.theta = server.theta
     return result

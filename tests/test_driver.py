@@ -125,3 +125,11 @@ def test_laq_on_mnist_uploads_less_than_gd_and_descends(mnist_dir: str) -> None:
     assert loss[-1] < 0.9 * loss[0]
     assert loss[-1] < loss[iterations // 2] < loss[0]
     assert laq.records[-1].test_accuracy > 0.8
+
+
+def test_stop_when_ends_the_run_at_the_first_match(synthetic_problem: Problem) -> None:
+    full = run_in_process(AlgorithmConfig(algorithm="gd"), synthetic_problem, 30)
+    target = full.records[12].train_loss
+    stopped = run_in_process(AlgorithmConfig(algorithm="gd"), synthetic_problem, 30, stop_when=lambda r: r.train_loss <= target)
+    assert len(stopped.records) == 13
+    np.testing.assert_array_equal(stopped.column("train_loss"), full.column("train_loss")[:13])
