@@ -1,17 +1,24 @@
 """Validated, frozen settings: which member of the LAQ family runs, and on which problem.
 
-The family is one mechanism with two switches (Sun et al. 2019, section 2.3):
+The family is one mechanism with three switches: quantization (eq. 5-6), the skip rule, and
+whether workers use full or minibatch gradients (Sun et al. 2019, section 2.3; LASG, Chen et al. 2020):
 
-==========  ===========  ==========  ===========
-algorithm   quantized    lazy        gradients
-==========  ===========  ==========  ===========
-gd          no (32 bit)  no          full
-qgd         b bits       no          full
-lag         no (32 bit)  (7a)-(7b)   full
-laq         b bits       (7a)-(7b)   full
-sgd         no (32 bit)  no          minibatch
-slaq        b bits       (7a)-(7b)   minibatch
-==========  ===========  ==========  ===========
+==========  ===========  ==================  ===========
+algorithm   quantized    skip rule           gradients
+==========  ===========  ==================  ===========
+gd          no (32 bit)  never skip          full
+qgd         b bits       never skip          full
+lag         no (32 bit)  (7a)-(7b)           full
+laq         b bits       (7a)-(7b)           full
+sgd         no (32 bit)  never skip          minibatch
+slaq        b bits       (7a)-(7b)           minibatch
+lasg        no (32 bit)  same-sample, (7b)   minibatch
+slaq-wk2    b bits       same-sample, (7b)   minibatch
+==========  ===========  ==================  ===========
+
+"same-sample" is LASG-WK2's test: skip when the gradient on this round's minibatch changed little
+between theta_hat_m (the last upload) and theta^k, measured on that same minibatch, so that sampling
+noise does not count as innovation (rule (7a) on minibatch gradients mostly measures noise).
 """
 
 from __future__ import annotations
@@ -32,25 +39,37 @@ class ConfigError(ValueError):
         self.key = key
 
 
+RULE_NONE = "none"
+RULE_LAQ = "laq"
+RULE_SAME_SAMPLE = "same-sample"
+RULES = (RULE_NONE, RULE_LAQ, RULE_SAME_SAMPLE)
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """Where one algorithm sits in the family: the two switches and the gradient oracle."""
+    """Where one algorithm sits in the family: quantized or not, its skip rule, its gradient oracle."""
 
     name: str
     quantized: bool
-    lazy: bool
+    rule: str
     stochastic: bool
+
+    @property
+    def lazy(self) -> bool:
+        return self.rule != RULE_NONE
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
     for spec in (
-        AlgorithmSpec("gd", quantized=False, lazy=False, stochastic=False),
-        AlgorithmSpec("qgd", quantized=True, lazy=False, stochastic=False),
-        AlgorithmSpec("lag", quantized=False, lazy=True, stochastic=False),
-        AlgorithmSpec("laq", quantized=True, lazy=True, stochastic=False),
-        AlgorithmSpec("sgd", quantized=False, lazy=False, stochastic=True),
-        AlgorithmSpec("slaq", quantized=True, lazy=True, stochastic=True),
+        AlgorithmSpec("gd", quantized=False, rule=RULE_NONE, stochastic=False),
+        AlgorithmSpec("qgd", quantized=True, rule=RULE_NONE, stochastic=False),
+        AlgorithmSpec("lag", quantized=False, rule=RULE_LAQ, stochastic=False),
+        AlgorithmSpec("laq", quantized=True, rule=RULE_LAQ, stochastic=False),
+        AlgorithmSpec("sgd", quantized=False, rule=RULE_NONE, stochastic=True),
+        AlgorithmSpec("slaq", quantized=True, rule=RULE_LAQ, stochastic=True),
+        AlgorithmSpec("lasg", quantized=False, rule=RULE_SAME_SAMPLE, stochastic=True),
+        AlgorithmSpec("slaq-wk2", quantized=True, rule=RULE_SAME_SAMPLE, stochastic=True),
     )
 }
 

@@ -17,7 +17,7 @@ from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.problem import Problem, build_problem
 from laq_fl.server import ServerMemory
-from laq_fl.worker import WorkerMemory, worker_round
+from laq_fl.worker import WorkerMemory, local_round
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,8 @@ def run_in_process(
             batch = (
                 minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if stochastic else None
             )
-            loss, grad = objective.loss_and_gradient(theta, batch)
+            loss, upload = local_round(memory, objective, theta, batch, bits, algorithm.spec.rule, server.instruction(m))
             losses.append(loss)
-            upload = worker_round(memory, grad, bits, server.instruction(m))
             if upload is None:
                 server.skip(m)
             else:

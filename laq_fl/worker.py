@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from laq_fl.codec import Upload, encode_upload
+from laq_fl.config import RULE_SAME_SAMPLE
 from laq_fl.quantizer import quantize_innovation
 from laq_fl.rule import may_skip
 
 Q_HAT_KEY = "q-hat"
 LAST_ERROR_SQ_KEY = "last-error-sq"
+THETA_HAT_KEY = "theta-hat"
+
+
+class GradientOracle(Protocol):
+    def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,13 @@ class WorkerMemory:
         ``Q_m(theta_hat_m)``, the last uploaded quantized gradient; the server holds the same copy.
     last_error_sq
         ``||eps_hat_m||^2``, the squared quantization error of that upload, used by (7a).
+    theta_hat
+        ``theta_hat_m``, the iterate of the last upload; kept only by the same-sample rule (LASG-WK2).
     """
 
     q_hat: np.ndarray
     last_error_sq: float = 0.0
+    theta_hat: np.ndarray | None = None
 
     @classmethod
     def zeros(cls, size: int, dtype: np.dtype | type = np.float32) -> WorkerMemory:
@@ -51,19 +61,37 @@ class WorkerMemory:
         """Forget the last upload, as the server does for a worker whose upload it lost."""
         self.q_hat = np.zeros_like(self.q_hat)
         self.last_error_sq = 0.0
+        self.theta_hat = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays, for ``context.state`` or a checkpoint (one copy of ``Q_hat``)."""
-        return {Q_HAT_KEY: self.q_hat, LAST_ERROR_SQ_KEY: np.asarray(self.last_error_sq, np.float64)}
+        arrays = {Q_HAT_KEY: self.q_hat, LAST_ERROR_SQ_KEY: np.asarray(self.last_error_sq, np.float64)}
+        if self.theta_hat is not None:
+            arrays[THETA_HAT_KEY] = self.theta_hat
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> WorkerMemory:
-        return cls(q_hat=np.asarray(arrays[Q_HAT_KEY]), last_error_sq=float(arrays[LAST_ERROR_SQ_KEY]))
+        theta_hat = arrays.get(THETA_HAT_KEY)
+        return cls(
+            q_hat=np.asarray(arrays[Q_HAT_KEY]),
+            last_error_sq=float(arrays[LAST_ERROR_SQ_KEY]),
+            theta_hat=None if theta_hat is None else np.asarray(theta_hat),
+        )
 
 
-def worker_round(memory: WorkerMemory, grad: np.ndarray, bits: int, instruction: Instruction) -> Upload | None:
-    """Quantize the innovation (5)-(6), apply rule (7a)-(7b), and return the upload or ``None`` for a skip.
+def worker_round(
+    memory: WorkerMemory,
+    grad: np.ndarray,
+    bits: int,
+    instruction: Instruction,
+    same_sample_change: float | None = None,
+) -> Upload | None:
+    """Quantize the innovation (5)-(6), apply the skip rule, and return the upload or ``None`` for a skip.
 
+    The rule is (7a) unless ``same_sample_change`` is given: then the worker skips when
+    ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2`` (that value) is at most the threshold
+    (LASG-WK2). (7b) and non-lazy members arrive as ``instruction.force_upload``.
     On upload the memory moves to the new ``Q`` and its error; on a skip it is unchanged,
     just as the server keeps its stale copy.
     """
@@ -72,10 +100,44 @@ def worker_round(memory: WorkerMemory, grad: np.ndarray, bits: int, instruction:
     quantization = quantize_innovation(grad, memory.q_hat, bits)
     error_sq = quantization.error_sq
     if not instruction.force_upload:
-        innovation = quantization.value.astype(np.float64)
-        innovation -= memory.q_hat
-        if may_skip(float(np.dot(innovation, innovation)), instruction.threshold, error_sq, memory.last_error_sq):
+        if same_sample_change is not None:
+            skip = same_sample_change <= instruction.threshold
+        else:
+            innovation = quantization.value.astype(np.float64)
+            innovation -= memory.q_hat
+            skip = may_skip(float(np.dot(innovation, innovation)), instruction.threshold, error_sq, memory.last_error_sq)
+        if skip:
             return None
     memory.q_hat = quantization.value
     memory.last_error_sq = error_sq
     return encode_upload(quantization, bits)
+
+
+def local_round(
+    memory: WorkerMemory,
+    objective: GradientOracle,
+    theta: np.ndarray,
+    batch: np.ndarray | None,
+    bits: int,
+    rule: str,
+    instruction: Instruction,
+) -> tuple[float, Upload | None]:
+    """One worker's round: the gradient at theta^k (on ``batch`` for SGD-type members), then :func:`worker_round`.
+
+    For the same-sample rule the worker also evaluates the gradient at ``theta_hat_m`` on the same
+    minibatch (twice the compute), and remembers theta^k when it uploads. Returns ``f_m(theta^k)``
+    (on the batch) and the upload or ``None``.
+    """
+    loss, grad = objective.loss_and_gradient(theta, batch)
+    change = None
+    if rule == RULE_SAME_SAMPLE and not instruction.force_upload:
+        if memory.theta_hat is None:  # nothing to compare with: upload
+            change = float("inf")
+        else:
+            _, stale = objective.loss_and_gradient(memory.theta_hat, batch)
+            stale -= grad
+            change = float(np.dot(stale.astype(np.float64), stale))
+    upload = worker_round(memory, grad, bits, instruction, same_sample_change=change)
+    if upload is not None and rule == RULE_SAME_SAMPLE:
+        memory.theta_hat = np.array(theta, copy=True)
+    return loss, upload

@@ -88,7 +88,7 @@ def test_switches_change_the_run(synthetic_problem: Problem) -> None:
     assert lag.total_uploads < gd.total_uploads
 
 
-@pytest.mark.parametrize("algorithm", ["laq", "lag", "slaq"])
+@pytest.mark.parametrize("algorithm", ["laq", "lag", "slaq", "slaq-wk2", "lasg"])
 def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, algorithm: str) -> None:
     checked = []
 

@@ -33,7 +33,7 @@ def run_app(run_config: dict, num_nodes: int, handler=client_app) -> tuple[np.nd
 
 @pytest.mark.parametrize(
     ("algorithm", "extra"),
-    [("laq", {}), ("slaq", {"bits": 3, "lr": 0.008, "batch-size": 500})],
+    [("laq", {}), ("slaq", {"bits": 3, "lr": 0.008, "batch-size": 500}), ("slaq-wk2", {"bits": 3, "lr": 0.008, "batch-size": 500})],
 )
 def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorithm: str, extra: dict) -> None:
     rounds = 30

@@ -26,7 +26,7 @@ def make_context(partition: int = 1) -> Context:
 
 
 def train_message(theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4) -> Message:
-    message = Message(train_content(ArrayRecord([theta]), iteration, bits, 0, instruction), 77, MessageType.TRAIN)
+    message = Message(train_content(ArrayRecord([theta]), iteration, bits, 0, "laq", instruction), 77, MessageType.TRAIN)
     message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return message
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from laq_fl.codec import Upload
-from laq_fl.config import AlgorithmConfig
+from laq_fl.config import RULE_LAQ, RULE_SAME_SAMPLE, AlgorithmConfig
 from laq_fl.rule import default_xi, lazy_threshold, may_skip, upload_forced
 from laq_fl.server import ServerMemory
-from laq_fl.worker import Instruction, WorkerMemory, worker_round
+from laq_fl.worker import THETA_HAT_KEY, Instruction, WorkerMemory, local_round, worker_round
 
 
 def test_threshold_hand_computed() -> None:
@@ -101,3 +101,45 @@ def test_forget_restores_invariant_and_forces() -> None:
     server.forget("a")
     np.testing.assert_allclose(server.aggregate, [3, 4])
     assert server.instruction("a").force_upload and not server.instruction("b").force_upload
+
+
+class QuadraticOracle:
+    """grad of 0.5 ||theta - target_batch||^2: on one batch the gradient changes exactly with theta."""
+
+    def __init__(self, targets: np.ndarray) -> None:
+        self.targets = targets
+
+    def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        target = self.targets[batch].mean(axis=0) if batch is not None else self.targets.mean(axis=0)
+        grad = (theta - target).astype(np.float32)
+        return 0.5 * float(np.dot(grad, grad)), grad
+
+
+def test_same_sample_rule_ignores_sampling_noise() -> None:
+    rng = np.random.default_rng(0)
+    oracle = QuadraticOracle(rng.normal(size=(100, 5)).astype(np.float32) * 10)  # very noisy minibatches
+    memory = WorkerMemory.zeros(5)
+    theta = np.ones(5, np.float32)
+    _, upload = local_round(memory, oracle, theta, np.arange(10), 4, RULE_SAME_SAMPLE, Instruction(0.0, force_upload=True))
+    assert upload is not None
+    np.testing.assert_array_equal(memory.theta_hat, theta)
+    # Same theta, a different minibatch: (7a) would see a large innovation; the same-sample test sees none.
+    _, upload = local_round(memory, oracle, theta, np.arange(50, 60), 4, RULE_SAME_SAMPLE, Instruction(0.0, False))
+    assert upload is None
+    _, upload = local_round(WorkerMemory(memory.q_hat.copy(), memory.last_error_sq), oracle, theta, np.arange(50, 60), 4,
+                            RULE_LAQ, Instruction(0.0, False))
+    assert upload is not None
+    # A parameter move of norm^2 = 5 changes the same-sample gradient by exactly that: threshold decides.
+    moved = theta + 1.0
+    assert local_round(memory, oracle, moved, np.arange(20, 30), 4, RULE_SAME_SAMPLE, Instruction(5.01, False))[1] is None
+    assert local_round(memory, oracle, moved, np.arange(20, 30), 4, RULE_SAME_SAMPLE, Instruction(4.99, False))[1] is not None
+    np.testing.assert_array_equal(memory.theta_hat, moved)
+
+
+def test_theta_hat_round_trips_and_resets() -> None:
+    memory = WorkerMemory(q_hat=np.ones(3, np.float32), last_error_sq=1.0, theta_hat=np.arange(3, dtype=np.float32))
+    back = WorkerMemory.from_arrays(memory.to_arrays())
+    np.testing.assert_array_equal(back.theta_hat, memory.theta_hat)
+    assert THETA_HAT_KEY not in WorkerMemory.zeros(3).to_arrays()
+    memory.reset()
+    assert memory.theta_hat is None and not memory.q_hat.any()

@@ -18,7 +18,7 @@ from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
 from laq_fl.run_config import RunSettings, parse_run_config
-from laq_fl.worker import WorkerMemory, worker_round
+from laq_fl.worker import WorkerMemory, local_round
 
 MEMORY_RECORD = "laq-worker"
 
@@ -78,10 +78,8 @@ def handle_train(message: Message, context: Context) -> Message:
     batch = None
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
-    loss, grad = objective.loss_and_gradient(request.theta, batch)
-
-    memory = load_memory(context, objective.model.size, grad.dtype)
-    upload = worker_round(memory, grad, request.bits, request.instruction)
+    memory = load_memory(context, objective.model.size, request.theta.dtype)
+    loss, upload = local_round(memory, objective, request.theta, batch, request.bits, request.rule, request.instruction)
     if upload is not None or request.instruction.reset:
         store_memory(context, memory)
     payload = None if upload is None else upload_to_bytes(upload, request.bits)

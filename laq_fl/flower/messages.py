@@ -3,7 +3,8 @@
 Server -> worker (``train`` message):
     ``theta``        ArrayRecord with theta^k as one float array
     ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``bits``, ``batch-size`` (0: full gradient),
-                     ``threshold`` (the shared part of 7a), ``force-upload`` (7b), ``reset`` (resync)
+                     ``rule`` (none, laq or same-sample), ``threshold`` (the shared part of 7a),
+                     ``force-upload`` (7b), ``reset`` (resync)
 
 Worker -> server (reply):
     ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k), ``num-examples``
@@ -29,6 +30,7 @@ PAYLOAD = "payload"
 ITERATION = "iteration"
 BITS = "bits"
 BATCH_SIZE = "batch-size"
+RULE = "rule"
 THRESHOLD = "threshold"
 FORCE_UPLOAD = "force-upload"
 RESET = "reset"
@@ -45,10 +47,13 @@ class TrainRequest:
     iteration: int
     bits: int
     batch_size: int
+    rule: str
     instruction: Instruction
 
 
-def train_content(theta: ArrayRecord, iteration: int, bits: int, batch_size: int, instruction: Instruction) -> RecordDict:
+def train_content(
+    theta: ArrayRecord, iteration: int, bits: int, batch_size: int, rule: str, instruction: Instruction
+) -> RecordDict:
     return RecordDict(
         {
             THETA: theta,
@@ -57,6 +62,7 @@ def train_content(theta: ArrayRecord, iteration: int, bits: int, batch_size: int
                     ITERATION: iteration,
                     BITS: bits,
                     BATCH_SIZE: batch_size,
+                    RULE: rule,
                     THRESHOLD: float(instruction.threshold),
                     FORCE_UPLOAD: bool(instruction.force_upload),
                     RESET: bool(instruction.reset),
@@ -75,6 +81,7 @@ def read_train_request(message: Message) -> TrainRequest:
         iteration=int(config[ITERATION]),
         bits=int(config[BITS]),
         batch_size=int(config[BATCH_SIZE]),
+        rule=str(config[RULE]),
         instruction=Instruction(
             threshold=float(config[THRESHOLD]),
             force_upload=bool(config[FORCE_UPLOAD]),

@@ -10,7 +10,7 @@ One round of Algorithm 2 per Flower round:
    stale copies for skips and rejects, and steps ``theta^{k+1} = theta^k - alpha nabla^k`` (4).
 
 GD, QGD, LAG and LAQ are :class:`LaqStrategy` with the matching :class:`~laq_fl.config.AlgorithmConfig`;
-SGD and SLAQ are :class:`SlaqStrategy`, which asks for minibatch gradients.
+SGD, SLAQ, LASG and SLAQ-WK2 are :class:`SlaqStrategy`, which asks for minibatch gradients.
 """
 
 from __future__ import annotations
@@ -99,7 +99,12 @@ class LaqStrategy(Strategy):
         self._sent = {}
         for node_id in node_ids:
             content = train_content(
-                theta, server_round - 1, self.config.wire_bits, self.batch_size, self.memory.instruction(node_id)
+                theta,
+                server_round - 1,
+                self.config.wire_bits,
+                self.batch_size,
+                self.config.spec.rule,
+                self.memory.instruction(node_id),
             )
             self._sent[node_id] = Message(content, node_id, MessageType.TRAIN, group_id=str(server_round))
         return list(self._sent.values())
@@ -172,7 +177,7 @@ class LaqStrategy(Strategy):
 
 
 class SlaqStrategy(LaqStrategy):
-    """The stochastic members (SGD, SLAQ): the same protocol on seeded minibatch gradients."""
+    """The stochastic members (SGD, SLAQ, LASG, SLAQ-WK2): the same protocol on seeded minibatch gradients."""
 
     stochastic = True
 
