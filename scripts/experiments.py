@@ -27,6 +27,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = os.environ.get("LAQ_FL_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
 DEFAULT_OUT_DIR = REPO_ROOT / "results"
 
+# The paper's Tables 2 and 3 (iterations, uploads, bits, test accuracy), by results-file stem.
+PAPER = {
+    "table2-logistic": {"laq": (2673, 620, 1.95e7, 0.9082), "gd": (2820, 28200, 7.08e9, 0.9082),
+                        "qgd": (2805, 28050, 8.81e8, 0.9082), "lag": (2659, 2382, 5.98e8, 0.9082)},
+    "table2-mlp": {"laq": (8000, 31845, 4.05e10, 0.9433), "gd": (8000, 80000, 4.07e11, 0.9433),
+                   "qgd": (8000, 80000, 1.02e11, 0.9433), "lag": (8000, 29916, 1.52e11, 0.9433)},
+    "table3-logistic": {"slaq": (1000, 8255, 1.94e8, 0.9018), "sgd": (1000, 10000, 2.51e9, 0.9021),
+                        "qsgd": (1000, 10000, 7.51e8, 0.9021), "ssgd": (1000, 10000, 1.26e9, 0.9013)},
+    "table3-mlp": {"slaq": (1500, 11192, 1.42e10, 0.9107), "sgd": (1500, 15000, 7.63e10, 0.9100),
+                   "qsgd": (1500, 15000, 2.03e10, 0.9100), "ssgd": (1500, 15000, 3.82e10, 0.9104)},
+}
+
 
 def machine() -> str:
     """One line naming the machine and software the numbers came from."""
@@ -104,3 +116,48 @@ def run_flower_app(run_config: dict) -> list[dict]:
     run_server(grid, context)
     path = results_path(settings, context.run_id)
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def flower_table_row(run_config: dict, iterations: int) -> tuple[dict, list[dict]]:
+    """Run the Flower app and read the table's columns after ``iterations`` iterations from its results file."""
+    started = time.perf_counter()
+    rows = run_flower_app(run_config)
+    at = rows[iterations]  # cumulative counts after K iterations; test accuracy of theta^K
+    row = {
+        "algorithm": run_config["algorithm"],
+        "iterations": iterations,
+        "uploads": at["uploads-cum"],
+        "payload_bits": at["payload-bits-cum"],
+        "uplink_bytes": at["uplink-bytes-cum"],
+        "downlink_bytes": at["downlink-bytes-cum"],
+        "test_accuracy": at["test-accuracy"],
+        "train_loss": at["train-loss"],
+        "seconds": time.perf_counter() - started,
+        "results_file": f"runs/{run_config['run-name']}.jsonl",
+    }
+    return row, rows
+
+
+def markdown_table(rows: list[dict], paper: dict[str, tuple], reference: str, lazy: str) -> str:
+    """Our numbers beside the paper's (iterations / uploads / bits / accuracy), and ``lazy``'s share of ``reference``."""
+    lines = [
+        "| algorithm | iterations | uploads | payload bits | uplink bytes | downlink bytes | test acc | paper: iterations / uploads / bits / acc |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    by_name = {row["algorithm"]: row for row in rows}
+    for name, row in by_name.items():
+        theirs = " / ".join(f"{v:,}" if isinstance(v, int) else (f"{v:.3g}" if v > 1 else f"{v}") for v in paper[name]) if name in paper else "—"
+        lines.append(
+            f"| {name.upper()} | {row['iterations']:,} | {row['uploads']:,} | {row['payload_bits']:.3g} | {row['uplink_bytes']:.3g} | "
+            f"{row['downlink_bytes']:.3g} | {row['test_accuracy']:.4f} | {theirs} |"
+        )
+    if lazy in by_name and reference in by_name:
+        ours, base = by_name[lazy], by_name[reference]
+        line = (f"\n{lazy.upper()} / {reference.upper()}: uploads {ours['uploads'] / base['uploads']:.2%}, "
+                f"payload bits {ours['payload_bits'] / base['payload_bits']:.3%}, "
+                f"measured uplink bytes {ours['uplink_bytes'] / base['uplink_bytes']:.3%}")
+        if lazy in paper and reference in paper:
+            line += (f" (paper: uploads {paper[lazy][1] / paper[reference][1]:.2%}, "
+                     f"bits {paper[lazy][2] / paper[reference][2]:.3%})")
+        lines.append(line)
+    return "\n".join(lines)

@@ -18,20 +18,12 @@ import logging
 import time
 from pathlib import Path
 
-from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, git_revision, machine, optimum, run_flower_app
+from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, PAPER, flower_table_row, git_revision, machine, markdown_table, optimum
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 
 ALGORITHMS = ("gd", "qgd", "lag", "laq")
 BITS = {"logistic": 4, "mlp": 8}
-# Table 2 of the paper: iterations, uploads, bits, accuracy.
-PAPER = {
-    "logistic": {"laq": (2673, 620, 1.95e7, 0.9082), "gd": (2820, 28200, 7.08e9, 0.9082),
-                 "qgd": (2805, 28050, 8.81e8, 0.9082), "lag": (2659, 2382, 5.98e8, 0.9082)},
-    "mlp": {"laq": (8000, 31845, 4.05e10, 0.9433), "gd": (8000, 80000, 4.07e11, 0.9433),
-            "qgd": (8000, 80000, 1.02e11, 0.9433), "lag": (8000, 29916, 1.52e11, 0.9433)},
-}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,22 +65,14 @@ def main() -> None:
             "algorithm": name, "model": args.model, "bits": bits, "rounds": rounds, "data-dir": data_dir,
             "out-dir": str(out_dir / "runs"), "run-name": f"table2-{args.model}-{name}",
         }
-        flower_rows = run_flower_app(run_config)
-        seconds = time.perf_counter() - started
-        at = flower_rows[iterations]  # cumulative counts after K iterations; test accuracy of theta^K
-        row = {
-            "algorithm": name, "iterations": iterations, "uploads": at["uploads-cum"], "payload_bits": at["payload-bits-cum"],
-            "uplink_bytes": at["uplink-bytes-cum"], "downlink_bytes": at["downlink-bytes-cum"], "test_accuracy": at["test-accuracy"],
-            "seconds": seconds, "results_file": f"runs/table2-{args.model}-{name}.jsonl",
-        }
+        row, flower_rows = flower_table_row(run_config, iterations)
+        row["seconds"] = time.perf_counter() - started  # driver search included
         if f_star is not None:
             final_loss = flower_rows[rounds]["train-loss"]  # f(theta^K)/M, reported in round K + 1
             previous = flower_rows[rounds - 1]["train-loss"]
             if not (final_loss - f_star <= args.tolerance < previous - f_star):
                 raise SystemExit(f"{name}: the Flower app did not reach the tolerance at iteration {iterations} as the driver did")
             row["loss_residual"] = final_loss - f_star
-        else:
-            row["train_loss"] = at["train-loss"]  # f(theta^{K-1})/M, the last loss the workers reported
         rows.append(row)
         print(json.dumps(row))
 
@@ -99,32 +83,7 @@ def main() -> None:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"table2-{args.model}.json").write_text(json.dumps(summary, indent=2))
-    print(markdown_table(summary))
-
-
-def markdown_table(summary: dict) -> str:
-    """Our numbers beside the paper's, with LAQ's share of GD."""
-    paper = PAPER[summary["model"]]
-    rows = {row["algorithm"]: row for row in summary["rows"]}
-    lines = [
-        "| algorithm | iterations | uploads | payload bits | uplink bytes | downlink bytes | test acc | paper: iterations / uploads / bits / acc |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, row in rows.items():
-        it, up, bits, acc = paper[name]
-        lines.append(
-            f"| {name.upper()} | {row['iterations']:,} | {row['uploads']:,} | {row['payload_bits']:.3g} | {row['uplink_bytes']:.3g} | "
-            f"{row['downlink_bytes']:.3g} | {row['test_accuracy']:.4f} | {it:,} / {up:,} / {bits:.3g} / {acc} |"
-        )
-    if "laq" in rows and "gd" in rows:
-        laq, gd = rows["laq"], rows["gd"]
-        p_laq, p_gd = paper["laq"], paper["gd"]
-        lines.append(
-            f"\nLAQ / GD: uploads {laq['uploads'] / gd['uploads']:.2%} (paper {p_laq[1] / p_gd[1]:.2%}), "
-            f"payload bits {laq['payload_bits'] / gd['payload_bits']:.3%} (paper {p_laq[2] / p_gd[2]:.3%}), "
-            f"measured uplink bytes {laq['uplink_bytes'] / gd['uplink_bytes']:.3%}"
-        )
-    return "\n".join(lines)
+    print(markdown_table(rows, PAPER[f"table2-{args.model}"], reference="gd", lazy="laq"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from flwr_processes import flwr_run, free_port, owned_processes, private_env, start_superlink, stop_processes
+from laq_fl.flower.local_run import flwr_run, free_port, owned_processes, private_env, start_superlink, stop_processes
 
 
 @pytest.fixture

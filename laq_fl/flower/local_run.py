@@ -1,6 +1,6 @@
-"""Start, use and stop a private Flower SuperLink for end-to-end tests (Linux: reads /proc).
+"""Start, use and stop a private Flower SuperLink, for end-to-end tests and benchmarks (Linux: reads /proc).
 
-The test owns the SuperLink: it starts ``flower-superlink`` on 127.0.0.1 at a free port with a
+The caller owns the SuperLink: it starts ``flower-superlink`` on 127.0.0.1 at a free port with a
 private FLWR_HOME/HOME/TMPDIR, points ``$FLWR_HOME/config.toml`` at it (so ``flwr run`` never
 spawns a shared local SuperLink), and stops it and everything it started (superexec,
 flwr-simulation, Ray, in its sessions) by PID.
@@ -48,6 +48,7 @@ def private_env(base: Path, port: int) -> dict[str, str]:
 
 
 def start_superlink(base: Path, env: dict[str, str], port: int, timeout: float = 60.0) -> subprocess.Popen:
+    """``flower-superlink`` on 127.0.0.1:``port`` in simulation mode, as the default connection of ``$FLWR_HOME``."""
     (base / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
@@ -80,7 +81,7 @@ def toml_value(value: object) -> str:
     return f'"{value}"'
 
 
-def flwr_run(app_dir: Path, env: dict[str, str], run_config: dict, num_supernodes: int, timeout: float = 900) -> dict:
+def flwr_run(app_dir: Path, env: dict[str, str], run_config: dict, num_supernodes: int, timeout: float = 3600) -> dict:
     """Submit a run, block until it finishes, return its id, status, details and logs."""
     flwr = str(BIN / "flwr")
     command = [

@@ -1,0 +1,106 @@
+"""Figures like the paper's 4-8 from the results files of scripts/table2.py (and table3.py).
+
+    python scripts/figures.py            # writes docs/*.png from results/
+
+Loss residual f(theta^k)/M - f*/M (log scale) against iterations, cumulative uploads and cumulative
+payload bits, one curve per algorithm; test accuracy against cumulative bits. For the neural network,
+where f* is unknown, the training loss itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import DEFAULT_OUT_DIR, REPO_ROOT  # noqa: E402
+
+STYLE = {"gd": ("GD", "tab:blue"), "qgd": ("QGD", "tab:orange"), "lag": ("LAG", "tab:green"), "laq": ("LAQ", "tab:red"),
+         "sgd": ("SGD", "tab:blue"), "qsgd": ("QSGD", "tab:orange"), "ssgd": ("SSGD", "tab:purple"),
+         "slaq": ("SLAQ", "tab:red"), "lasg": ("LASG", "tab:green")}
+
+
+def load_rows(results_dir: Path, results_file: str) -> list[dict]:
+    return [json.loads(line) for line in (results_dir / results_file).read_text().splitlines()]
+
+
+def curves(summary: dict, results_dir: Path) -> dict[str, dict[str, list[float]]]:
+    """Per algorithm: iteration k, cumulative uploads and bits before theta^k, loss (or residual) at theta^k, accuracy."""
+    f_star = summary.get("f_star")
+    out = {}
+    for row in summary["rows"]:
+        rows = load_rows(results_dir, row["results_file"])
+        # Row r reports f(theta^{r-1}) and the uploads of iteration r-1; so theta^k pairs with row k+1's
+        # loss and with the cumulative counts of row k.
+        ks = list(range(len(rows) - 1))
+        loss = [rows[k + 1]["train-loss"] for k in ks]
+        out[row["algorithm"]] = {
+            "iteration": ks,
+            "uploads": [rows[k]["uploads-cum"] if k else 0 for k in ks],
+            "bits": [rows[k]["payload-bits-cum"] if k else 0 for k in ks],
+            "loss": [value - f_star for value in loss] if f_star is not None else loss,
+            "accuracy": [rows[k]["test-accuracy"] for k in ks],
+        }
+    return out
+
+
+def plot_table(summary: dict, results_dir: Path, docs: Path, name: str) -> list[Path]:
+    data = curves(summary, results_dir)
+    ylabel = "loss residual f(θᵏ)/M − f*/M" if summary.get("f_star") is not None else "training loss f(θᵏ)/M"
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for axis, (key, xlabel) in zip(axes, [("iteration", "iteration k"), ("uploads", "cumulative uploads"), ("bits", "cumulative payload bits")]):
+        for algorithm, series in data.items():
+            label, color = STYLE[algorithm]
+            x = series[key]
+            if key != "iteration":  # cumulative counts start at 0, which a log axis cannot show
+                x = [max(value, 1) for value in x]
+            axis.plot(x, series["loss"], label=label, color=color, linewidth=1.4)
+        axis.set_yscale("log")
+        if key != "iteration":
+            axis.set_xscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(f"{summary['model']} on MNIST, M = 10 — `{summary['command']}`", fontsize=10)
+    loss_path = docs / f"{name}-loss.png"
+    figure.savefig(loss_path, dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    for algorithm, series in data.items():
+        label, color = STYLE[algorithm]
+        axis.plot([max(b, 1) for b in series["bits"]], series["accuracy"], label=label, color=color, linewidth=1.4)
+    axis.set_xscale("log")
+    axis.set_xlabel("cumulative payload bits")
+    axis.set_ylabel("test accuracy")
+    low = min(min(series["accuracy"][len(series["accuracy"]) // 10 :]) for series in data.values())
+    axis.set_ylim(max(low - 0.02, 0), None)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    axis.set_title(f"{summary['model']}: test accuracy against bits", fontsize=10)
+    accuracy_path = docs / f"{name}-accuracy.png"
+    figure.savefig(accuracy_path, dpi=110)
+    plt.close(figure)
+    return [loss_path, accuracy_path]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--docs", type=Path, default=REPO_ROOT / "docs")
+    args = parser.parse_args()
+    args.docs.mkdir(parents=True, exist_ok=True)
+    for summary_file in sorted(args.results_dir.glob("table*.json")):
+        summary = json.loads(summary_file.read_text())
+        for path in plot_table(summary, args.results_dir, args.docs, summary_file.stem):
+            print(path)
+
+
+if __name__ == "__main__":
+    main()
