@@ -56,10 +56,10 @@ def plot_table(summary: dict, results_dir: Path, docs: Path, name: str) -> list[
     for axis, (key, xlabel) in zip(axes, [("iteration", "iteration k"), ("uploads", "cumulative uploads"), ("bits", "cumulative payload bits")]):
         for algorithm, series in data.items():
             label, color = STYLE[algorithm]
-            x = series[key]
-            if key != "iteration":  # cumulative counts start at 0, which a log axis cannot show
-                x = [max(value, 1) for value in x]
-            axis.plot(x, series["loss"], label=label, color=color, linewidth=1.4)
+            x, y = series[key], series["loss"]
+            if key != "iteration":  # theta^0 comes before any upload: a log axis cannot show x = 0
+                x, y = x[1:], y[1:]
+            axis.plot(x, y, label=label, color=color, linewidth=1.4)
         axis.set_yscale("log")
         if key != "iteration":
             axis.set_xscale("log")
@@ -75,7 +75,7 @@ def plot_table(summary: dict, results_dir: Path, docs: Path, name: str) -> list[
     figure, axis = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
     for algorithm, series in data.items():
         label, color = STYLE[algorithm]
-        axis.plot([max(b, 1) for b in series["bits"]], series["accuracy"], label=label, color=color, linewidth=1.4)
+        axis.plot(series["bits"][1:], series["accuracy"][1:], label=label, color=color, linewidth=1.4)
     axis.set_xscale("log")
     axis.set_xlabel("cumulative payload bits")
     axis.set_ylabel("test accuracy")

@@ -17,7 +17,7 @@ from flwr.app.user_config import UserConfig
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, no_object_id_recompute
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -27,8 +27,9 @@ ClientCallable = Callable[[Message, Context], Message]
 
 def through_the_wire(message: Message) -> Message:
     """The message as a receiver rebuilds it from its serialised objects."""
-    contents = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
-    received = inflate_object_from_contents(message.object_id, contents)
+    with no_object_id_recompute():  # as Flower's runtime does when it pushes
+        contents = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
+        received = inflate_object_from_contents(message.object_id, contents)
     received.metadata.__dict__["_message_id"] = message.metadata.message_id
     return received
 

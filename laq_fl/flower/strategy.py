@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Strategy
 from laq_fl.codec import PayloadError, payload_bits, upload_from_bytes
 from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.messages import read_train_reply, train_content
-from laq_fl.flower.wire import downlink_bytes, uplink_bytes
+from laq_fl.flower.wire import WireMeter
 from laq_fl.server import ServerMemory
 
 
@@ -115,6 +115,7 @@ class LaqStrategy(Strategy):
         """Validate all replies, apply uploads and skips in partition order, then step theta."""
         node_of_message = {message.metadata.message_id: node for node, message in self._sent.items()}
         accepted: dict[int, tuple[int, float, np.ndarray | None]] = {}
+        meter = WireMeter()
         rejected = 0
         uplink = 0
         for reply in replies:
@@ -123,7 +124,7 @@ class LaqStrategy(Strategy):
                 log(WARNING, "Round %d: ignoring a reply that answers no message of this round", server_round)
                 continue
             if reply.metadata.src_node_id == node:  # SuperLink-made error replies never crossed the uplink
-                uplink += uplink_bytes(reply)
+                uplink += meter.uplink_bytes(reply)
             if reply.has_error():
                 log(WARNING, "Round %d: node %d replied with error %s", server_round, node, reply.error.reason)
                 rejected += 1
@@ -159,7 +160,7 @@ class LaqStrategy(Strategy):
             "rejected": len(missing),
             "payload-bits": uploads * self._bits_per_upload,
             "uplink-bytes": uplink,
-            "downlink-bytes": sum(downlink_bytes(message) for message in self._sent.values()),
+            "downlink-bytes": sum(meter.downlink_bytes(message) for message in self._sent.values()),
             "train-loss": float(np.mean(losses)) if losses else float("nan"),
         }
         self.round_metrics[server_round] = metrics
