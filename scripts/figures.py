@@ -22,7 +22,7 @@ from experiments import DEFAULT_OUT_DIR, REPO_ROOT  # noqa: E402
 
 STYLE = {"gd": ("GD", "tab:blue"), "qgd": ("QGD", "tab:orange"), "lag": ("LAG", "tab:green"), "laq": ("LAQ", "tab:red"),
          "sgd": ("SGD", "tab:blue"), "qsgd": ("QSGD", "tab:orange"), "ssgd": ("SSGD", "tab:purple"),
-         "slaq": ("SLAQ", "tab:red"), "lasg": ("LASG", "tab:green")}
+         "slaq": ("SLAQ (7a as printed)", "tab:gray"), "slaq-wk2": ("SLAQ-WK2", "tab:red"), "lasg": ("LASG", "tab:green")}
 
 
 def load_rows(results_dir: Path, results_file: str) -> list[dict]:
@@ -51,7 +51,12 @@ def curves(summary: dict, results_dir: Path) -> dict[str, dict[str, list[float]]
 
 def plot_table(summary: dict, results_dir: Path, docs: Path, name: str) -> list[Path]:
     data = curves(summary, results_dir)
-    ylabel = "loss residual f(θᵏ)/M − f*/M" if summary.get("f_star") is not None else "training loss f(θᵏ)/M"
+    if summary.get("f_star") is not None:
+        ylabel = "loss residual f(θᵏ)/M − f*/M"
+    elif name.startswith("table3"):
+        ylabel = "training loss on the minibatches"
+    else:
+        ylabel = "training loss f(θᵏ)/M"
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     for axis, (key, xlabel) in zip(axes, [("iteration", "iteration k"), ("uploads", "cumulative uploads"), ("bits", "cumulative payload bits")]):
         for algorithm, series in data.items():

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="fixed iterations for the mlp")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     args = parser.parse_args()
+    revision = git_revision()  # the code that runs is the code checked out now, not at the end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data_dir = str(Path(args.data_dir).resolve())
     out_dir = args.out_dir.resolve()
@@ -78,7 +79,7 @@ def main() -> None:
 
     summary = {
         "model": args.model, "bits": bits, "tolerance": args.tolerance if f_star is not None else None, "f_star": f_star,
-        "machine": machine(), "revision": git_revision(), "rows": rows,
+        "machine": machine(), "revision": revision, "rows": rows,
         "command": f"python scripts/table2.py --model {args.model}" + ("" if f_star is not None else f" --iterations {args.iterations}"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

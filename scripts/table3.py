@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     args = parser.parse_args()
+    revision = git_revision()  # the code that runs is the code checked out now, not at the end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data_dir = str(Path(args.data_dir).resolve())
     out_dir = args.out_dir.resolve()
@@ -45,7 +46,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {
-        "model": args.model, "bits": bits, "f_star": None, "machine": machine(), "revision": git_revision(), "rows": rows,
+        "model": args.model, "bits": bits, "f_star": None, "machine": machine(), "revision": revision, "rows": rows,
         "command": f"python scripts/table3.py --model {args.model} --iterations {args.iterations}",
     }
     out_dir.mkdir(parents=True, exist_ok=True)
