@@ -52,7 +52,23 @@ def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.nd
     assert read_train_reply(second).payload is None
     assert not second.content.array_records and "upload" not in second.content.config_records
     np.testing.assert_array_equal(context.state.array_records[MEMORY_RECORD]["q-hat"].numpy(), q_hat)
-    assert uplink_bytes(second) < 1024
+
+
+def test_a_skip_costs_little_more_than_an_empty_reply(task_identity, theta: np.ndarray) -> None:
+    # Realistic 63-bit ids: they are varints on the wire.
+    task_identity.run_id, task_identity.task_id = (1 << 63) - 12345, (1 << 63) - 999
+    context = make_context()
+    context.node_id = (1 << 63) - 77
+    handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True)), context)
+    request = train_message(theta, 2500, Instruction(1e9, force_upload=False))
+    skip = handle_train(request, context)
+    assert read_train_reply(skip).payload is None
+    empty = Message(RecordDict({}), reply_to=request)  # Flower's floor for any reply
+    empty.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    skip.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    # The loss report is one MetricRecord: ~340 bytes, most of it its content-addressed ids.
+    assert uplink_bytes(skip) - uplink_bytes(empty) < 400
+    assert uplink_bytes(skip) < 1100
 
 
 def test_reset_restarts_from_zero(task_identity, theta: np.ndarray) -> None:

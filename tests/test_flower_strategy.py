@@ -37,7 +37,7 @@ def reply(to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarra
     payload = None
     if grad is not None:
         payload = upload_to_bytes(encode_upload(quantize_innovation(grad, q_hat, bits), bits), bits)
-    message = Message(reply_content(partition, loss, 10, payload), reply_to=to)
+    message = Message(reply_content(partition, loss, payload), reply_to=to)
     message.metadata.__dict__["_src_node_id"] = to.metadata.dst_node_id
     return message
 
@@ -111,9 +111,9 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     "content",
     [
         RecordDict({"upload": ConfigRecord({"payload": b"\x00" * 3})}),  # no metrics
-        reply_content(0, 1.0, 10, b"\x00\x00\x80\x3f" + b"\x00"),  # radius 1.0, one byte: too short
-        reply_content(0, 1.0, 10, b"\x00\x00\xc0\x7f" + b"\x00" * 3),  # NaN radius
-        reply_content(0, float("nan"), 10, None),  # NaN loss
+        reply_content(0, 1.0, b"\x00\x00\x80\x3f" + b"\x00"),  # radius 1.0, one byte: too short
+        reply_content(0, 1.0, b"\x00\x00\xc0\x7f" + b"\x00" * 3),  # NaN radius
+        reply_content(0, float("nan"), None),  # NaN loss
         RecordDict({"metrics": MetricRecord({"loss": 1.0})}),  # no partition id
     ],
 )

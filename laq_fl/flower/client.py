@@ -83,5 +83,4 @@ def handle_train(message: Message, context: Context) -> Message:
     if upload is not None or request.instruction.reset:
         store_memory(context, memory)
     payload = None if upload is None else upload_to_bytes(upload, request.bits)
-    num_examples = objective.num_samples if batch is None else len(batch)
-    return Message(reply_content(partition_id, loss, num_examples, payload), reply_to=message)
+    return Message(reply_content(partition_id, loss, payload), reply_to=message)

@@ -7,7 +7,7 @@ Server -> worker (``train`` message):
                      ``force-upload`` (7b), ``reset`` (resync)
 
 Worker -> server (reply):
-    ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k), ``num-examples``
+    ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k); kept minimal, it is most of a skip
     ``upload``       ConfigRecord with ``payload`` (bytes: float32 R + packed levels); absent for a skip
 """
 
@@ -36,7 +36,6 @@ FORCE_UPLOAD = "force-upload"
 RESET = "reset"
 PARTITION_ID = "partition-id"
 LOSS = "loss"
-NUM_EXAMPLES = "num-examples"
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,9 @@ def read_train_request(message: Message) -> TrainRequest:
     )
 
 
-def reply_content(partition_id: int, loss: float, num_examples: int, payload: bytes | None) -> RecordDict:
+def reply_content(partition_id: int, loss: float, payload: bytes | None) -> RecordDict:
     """A skip is the MetricRecord alone; an upload adds the payload bytes."""
-    records: dict = {METRICS: MetricRecord({PARTITION_ID: partition_id, LOSS: float(loss), NUM_EXAMPLES: num_examples})}
+    records: dict = {METRICS: MetricRecord({PARTITION_ID: partition_id, LOSS: float(loss)})}
     if payload is not None:
         records[UPLOAD] = ConfigRecord({PAYLOAD: payload})
     return RecordDict(records)
