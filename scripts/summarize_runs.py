@@ -26,8 +26,15 @@ def summarize(path: Path) -> dict:
         "train loss": last["train-loss"],
         "test acc": last["test-accuracy"],
         "median s/round": statistics.median(row["round-seconds"] for row in trained),
+        # Per-reply wire cost, from rounds where every reply was of one kind.
+        "B per skip reply": _median([row["uplink-bytes"] / row["skips"] for row in trained if row["skips"] and not row["uploads"]]),
+        "B per upload reply": _median([row["uplink-bytes"] / row["uploads"] for row in trained if row["uploads"] and not row["skips"]]),
         "wall s": last["wall-seconds"],
     }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def main() -> None:
