@@ -9,7 +9,7 @@ from laq_fl.driver import IterationRecord, RunResult, run_in_process
 from laq_fl.quantizer import FULL_PRECISION, Quantization, dequantize, quantize_innovation
 from laq_fl.rule import default_xi, lazy_threshold, may_skip, upload_forced
 from laq_fl.server import ServerMemory
-from laq_fl.worker import Instruction, WorkerMemory, worker_round
+from laq_fl.worker import Instruction, WorkerMemory, local_round, worker_round
 
 __all__ = [
     "ALGORITHMS",
@@ -30,6 +30,7 @@ __all__ = [
     "dequantize",
     "encode_upload",
     "lazy_threshold",
+    "local_round",
     "may_skip",
     "pack_levels",
     "payload_bits",
