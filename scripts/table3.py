@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--reuse", action="store_true", help="read complete results files of earlier runs instead of re-running")
     args = parser.parse_args()
     revision = git_revision()  # the code that runs is the code checked out now, not at the end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -42,12 +43,13 @@ def main() -> None:
             "rounds": args.iterations, "data-dir": data_dir, "out-dir": str(out_dir / "runs"),
             "run-name": f"table3-{args.model}-{name}",
         }
-        row, _ = flower_table_row(run_config, args.iterations)
+        row, _ = flower_table_row(run_config, args.iterations, reuse=args.reuse)
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {
         "model": args.model, "bits": bits, "f_star": None, "machine": machine(), "revision": revision, "rows": rows,
-        "command": f"python scripts/table3.py --model {args.model} --iterations {args.iterations}",
+        "command": f"python scripts/table3.py --model {args.model} --iterations {args.iterations}"
+        + (f" --algorithms {' '.join(args.algorithms)}" if tuple(args.algorithms) != ALGORITHMS else ""),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"table3-{args.model}.json").write_text(json.dumps(summary, indent=2))
