@@ -4,6 +4,7 @@ The math lives here with no Flower import; ``client_app.py`` and ``server_app.py
 """
 
 from laq_fl.codec import PayloadError, Upload, decode_upload, encode_upload, pack_levels, payload_bits, unpack_levels
+from laq_fl.compressors import Compressor, compression_rng
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import IterationRecord, RunResult, run_in_process
 from laq_fl.quantizer import FULL_PRECISION, Quantization, dequantize, quantize_innovation
@@ -15,6 +16,7 @@ __all__ = [
     "ALGORITHMS",
     "FULL_PRECISION",
     "AlgorithmConfig",
+    "Compressor",
     "ConfigError",
     "Instruction",
     "IterationRecord",
@@ -25,6 +27,7 @@ __all__ = [
     "ServerMemory",
     "Upload",
     "WorkerMemory",
+    "compression_rng",
     "decode_upload",
     "default_xi",
     "dequantize",

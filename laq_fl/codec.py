@@ -64,7 +64,7 @@ def unpack_levels(data: bytes | bytearray | memoryview | np.ndarray, bits: int, 
     bits = validate_bits(bits)
     if bits == FULL_PRECISION:
         raise ValueError("unpack_levels needs 1..16 bits; full-precision uploads carry floats")
-    buffer = _as_byte_array(data)
+    buffer = as_byte_array(data)
     expected = packed_size(bits, count)
     if buffer.size != expected:
         raise PayloadError(
@@ -112,7 +112,7 @@ def upload_to_bytes(upload: Upload, bits: int) -> bytes:
 
 def upload_from_bytes(blob: bytes | bytearray | memoryview | np.ndarray, bits: int) -> Upload:
     """Split a blob made by :func:`upload_to_bytes`; :func:`decode_upload` validates the parts."""
-    buffer = _as_byte_array(blob)
+    buffer = as_byte_array(blob)
     if validate_bits(bits) == FULL_PRECISION:
         return Upload(data=buffer.tobytes(), radius=0.0)
     if buffer.size < RADIUS_BITS // 8:
@@ -134,7 +134,7 @@ def decode_upload(
     negative radius, or non-finite full-precision values.
     """
     bits = validate_bits(bits)
-    buffer = _as_byte_array(data)
+    buffer = as_byte_array(data)
     if bits == FULL_PRECISION:
         float_dtype = np.dtype(float_dtype)
         expected = count * float_dtype.itemsize
@@ -160,7 +160,7 @@ def _check_radius(radius: float) -> None:
         raise PayloadError(f"radius {value} overflows float32")
 
 
-def _as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+def as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
             raise PayloadError(f"payload must be bytes or a 1-D uint8 array, got {data.dtype} with shape {data.shape}")

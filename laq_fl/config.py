@@ -1,20 +1,25 @@
 """Validated, frozen settings: which member of the LAQ family runs, and on which problem.
 
-The family is one mechanism with three switches: quantization (eq. 5-6), the skip rule, and
+The family is one mechanism with three switches: the compressor (LAQ's eq. 5-6 or a baseline's), the skip rule, and
 whether workers use full or minibatch gradients (Sun et al. 2019, section 2.3; LASG, Chen et al. 2020):
 
-==========  ===========  ==================  ===========
-algorithm   quantized    skip rule           gradients
-==========  ===========  ==================  ===========
-gd          no (32 bit)  never skip          full
-qgd         b bits       never skip          full
-lag         no (32 bit)  (7a)-(7b)           full
-laq         b bits       (7a)-(7b)           full
-sgd         no (32 bit)  never skip          minibatch
-slaq        b bits       (7a)-(7b)           minibatch
-lasg        no (32 bit)  same-sample, (7b)   minibatch
-slaq-wk2    b bits       same-sample, (7b)   minibatch
-==========  ===========  ==================  ===========
+==========  ==================  ==================  ===========
+algorithm   compressor          skip rule           gradients
+==========  ==================  ==================  ===========
+gd          none (32 bit)       never skip          full
+qgd         laq, b bits         never skip          full
+lag         none (32 bit)       (7a)-(7b)           full
+laq         laq, b bits         (7a)-(7b)           full
+sgd         none (32 bit)       never skip          minibatch
+qsgd        qsgd, b bits        never skip          minibatch
+ssgd        sparsify, density   never skip          minibatch
+slaq        laq, b bits         (7a)-(7b)           minibatch
+lasg        none (32 bit)       same-sample, (7b)   minibatch
+slaq-wk2    laq, b bits         same-sample, (7b)   minibatch
+==========  ==================  ==================  ===========
+
+QSGD (Alistarh et al. 2017) and SSGD (Wangni et al. 2018) are the paper's Table 3 baselines: unbiased
+compressors of the gradient itself, on the same worker and server machinery (see ``compressors.py``).
 
 "same-sample" is LASG-WK2's test: skip when the gradient on this round's minibatch changed little
 between theta_hat_m (the last upload) and theta^k, measured on that same minibatch, so that sampling
@@ -23,10 +28,12 @@ noise does not count as innovation (rule (7a) on minibatch gradients mostly meas
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from laq_fl.compressors import LAQ, NONE, QSGD, SPARSIFY, Compressor
 from laq_fl.quantizer import FULL_PRECISION, validate_bits
 from laq_fl.rule import DEFAULT_T_BAR, default_xi
 
@@ -47,10 +54,10 @@ RULES = (RULE_NONE, RULE_LAQ, RULE_SAME_SAMPLE)
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """Where one algorithm sits in the family: quantized or not, its skip rule, its gradient oracle."""
+    """Where one algorithm sits in the family: its compressor, its skip rule, its gradient oracle."""
 
     name: str
-    quantized: bool
+    compressor: str
     rule: str
     stochastic: bool
 
@@ -62,14 +69,16 @@ class AlgorithmSpec:
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     spec.name: spec
     for spec in (
-        AlgorithmSpec("gd", quantized=False, rule=RULE_NONE, stochastic=False),
-        AlgorithmSpec("qgd", quantized=True, rule=RULE_NONE, stochastic=False),
-        AlgorithmSpec("lag", quantized=False, rule=RULE_LAQ, stochastic=False),
-        AlgorithmSpec("laq", quantized=True, rule=RULE_LAQ, stochastic=False),
-        AlgorithmSpec("sgd", quantized=False, rule=RULE_NONE, stochastic=True),
-        AlgorithmSpec("slaq", quantized=True, rule=RULE_LAQ, stochastic=True),
-        AlgorithmSpec("lasg", quantized=False, rule=RULE_SAME_SAMPLE, stochastic=True),
-        AlgorithmSpec("slaq-wk2", quantized=True, rule=RULE_SAME_SAMPLE, stochastic=True),
+        AlgorithmSpec("gd", compressor=NONE, rule=RULE_NONE, stochastic=False),
+        AlgorithmSpec("qgd", compressor=LAQ, rule=RULE_NONE, stochastic=False),
+        AlgorithmSpec("lag", compressor=NONE, rule=RULE_LAQ, stochastic=False),
+        AlgorithmSpec("laq", compressor=LAQ, rule=RULE_LAQ, stochastic=False),
+        AlgorithmSpec("sgd", compressor=NONE, rule=RULE_NONE, stochastic=True),
+        AlgorithmSpec("qsgd", compressor=QSGD, rule=RULE_NONE, stochastic=True),
+        AlgorithmSpec("ssgd", compressor=SPARSIFY, rule=RULE_NONE, stochastic=True),
+        AlgorithmSpec("slaq", compressor=LAQ, rule=RULE_LAQ, stochastic=True),
+        AlgorithmSpec("lasg", compressor=NONE, rule=RULE_SAME_SAMPLE, stochastic=True),
+        AlgorithmSpec("slaq-wk2", compressor=LAQ, rule=RULE_SAME_SAMPLE, stochastic=True),
     )
 }
 
@@ -99,7 +108,7 @@ def _positive_float(key: str, value: Any, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size."""
+    """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size, density."""
 
     algorithm: str = "laq"
     bits: int = 4
@@ -107,6 +116,7 @@ class AlgorithmConfig:
     xi: tuple[float, ...] = field(default_factory=default_xi)
     t_bar: int = DEFAULT_T_BAR
     batch_size: int = 500
+    density: float = 0.5
 
     def __post_init__(self) -> None:
         _one_of("algorithm", self.algorithm, list(ALGORITHMS))
@@ -122,15 +132,27 @@ class AlgorithmConfig:
             _positive_float("xi", weight, allow_zero=True)
         _positive_int("t_bar", self.t_bar)
         _positive_int("batch_size", self.batch_size)
+        if self.spec.compressor == QSGD and not 2 <= self.bits <= 16:
+            raise ConfigError("bits", f"qsgd needs 2..16 bits (a sign bit and at least one magnitude bit), got {self.bits}")
+        _positive_float("density", self.density)
+        if self.density > 1:
+            raise ConfigError("density", f"is the expected fraction of coordinates sent, in (0, 1]; got {self.density}")
 
     @property
     def spec(self) -> AlgorithmSpec:
         return ALGORITHMS[self.algorithm]
 
+    @functools.cached_property
+    def compressor(self) -> Compressor:
+        """What workers do to their gradients before upload (and the server to undo it)."""
+        scheme = self.spec.compressor
+        bits = self.bits if scheme in (LAQ, QSGD) else FULL_PRECISION
+        return Compressor(scheme, bits, self.density if scheme == SPARSIFY else 1.0)
+
     @property
     def wire_bits(self) -> int:
-        """Bits per coordinate that actually travel: ``bits`` for quantized members, else 32."""
-        return self.bits if self.spec.quantized else FULL_PRECISION
+        """Bits per coordinate of the fixed-width uploads: ``bits`` for quantized members, else 32."""
+        return self.compressor.wire_bits
 
     @property
     def memory(self) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from laq_fl.codec import payload_bits
+from laq_fl.compressors import compression_rng
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.problem import Problem, build_problem
@@ -82,8 +82,8 @@ def run_in_process(
     config = problem.config
     num_workers = len(problem.objectives)
     stochastic = algorithm.spec.stochastic
-    bits = algorithm.wire_bits
-    bits_per_upload = payload_bits(bits, problem.size, problem.initial_theta.dtype.itemsize)
+    compressor = algorithm.compressor
+    float_bytes = problem.initial_theta.dtype.itemsize
 
     server = ServerMemory(problem.initial_theta, algorithm, num_workers)
     workers = [WorkerMemory.zeros(problem.size, problem.initial_theta.dtype) for _ in range(num_workers)]
@@ -93,18 +93,23 @@ def run_in_process(
         started = time.perf_counter()
         theta = server.theta
         uploads = 0
+        bits_sent = 0
         losses = []
         for m, (objective, memory) in enumerate(zip(problem.objectives, workers)):
             batch = (
                 minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if stochastic else None
             )
-            loss, upload = local_round(memory, objective, theta, batch, bits, algorithm.spec.rule, server.instruction(m))
+            rng = compression_rng(config.seed, m, k) if compressor.stochastic else None
+            loss, upload = local_round(
+                memory, objective, theta, batch, compressor, algorithm.spec.rule, server.instruction(m), rng
+            )
             losses.append(loss)
             if upload is None:
                 server.skip(m)
             else:
                 server.accept(m, upload)
                 uploads += 1
+                bits_sent += compressor.payload_bits(upload, problem.size, float_bytes)
 
         evaluated = evaluate_every > 0 and (k % evaluate_every == 0 or k == iterations - 1)
         minibatch_loss = float(np.mean(losses))
@@ -118,7 +123,7 @@ def run_in_process(
             IterationRecord(
                 iteration=k,
                 uploads=uploads,
-                payload_bits=uploads * bits_per_upload,
+                payload_bits=bits_sent,
                 train_loss=train_loss,
                 minibatch_loss=minibatch_loss,
                 test_loss=test_loss,

@@ -34,6 +34,7 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "D": (int, 10),
     "t-bar": (int, 100),
     "batch-size": (int, 500),
+    "density": (float, 0.5),
     "lambda": (float, 0.01),
     "seed": (int, 0),
     "init": (str, "glorot"),
@@ -53,6 +54,7 @@ _FIELD_TO_KEY = {
     "xi": "xi-sum",
     "t_bar": "t-bar",
     "batch_size": "batch-size",
+    "density": "density",
     "model": "model",
     "dataset": "dataset",
     "partition": "partition",
@@ -133,6 +135,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             xi=_xi(values["xi-sum"], values["D"]),
             t_bar=values["t-bar"],
             batch_size=values["batch-size"],
+            density=values["density"],
         )
         problem = ProblemConfig(
             model=values["model"],

@@ -7,9 +7,8 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from laq_fl.codec import Upload, decode_upload
+from laq_fl.codec import Upload
 from laq_fl.config import AlgorithmConfig
-from laq_fl.quantizer import FULL_PRECISION, dequantize
 from laq_fl.rule import lazy_threshold, upload_forced
 from laq_fl.worker import Instruction
 
@@ -77,14 +76,8 @@ class ServerMemory:
 
     def decode(self, worker: WorkerKey, upload: Upload) -> np.ndarray:
         """The worker's new ``Q_m(theta^k)`` from its upload; raises ``PayloadError`` and changes nothing if malformed."""
-        bits = self.config.wire_bits
-        decoded = decode_upload(upload.data, upload.radius, bits, self.size, self.theta.dtype)
-        if bits == FULL_PRECISION:
-            return decoded
         previous = None if worker in self.out_of_sync else self.copies.get(worker)
-        if previous is None:
-            previous = np.zeros(self.size, self.theta.dtype)
-        return dequantize(previous, decoded, upload.radius, bits)
+        return self.config.compressor.decode(upload, previous, self.size, self.theta.dtype)
 
     def accept(self, worker: WorkerKey, upload: Upload) -> None:
         """Decode an upload and fold it in (:meth:`decode` then :meth:`commit`)."""

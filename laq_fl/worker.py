@@ -7,9 +7,9 @@ from typing import Protocol
 
 import numpy as np
 
-from laq_fl.codec import Upload, encode_upload
+from laq_fl.codec import Upload
+from laq_fl.compressors import Compressor
 from laq_fl.config import RULE_SAME_SAMPLE
-from laq_fl.quantizer import quantize_innovation
 from laq_fl.rule import may_skip
 
 Q_HAT_KEY = "q-hat"
@@ -80,14 +80,23 @@ class WorkerMemory:
         )
 
 
+def as_compressor(compressor: Compressor | int) -> Compressor:
+    """A :class:`Compressor`; a bare ``bits`` means LAQ's quantizer (32: none), as the paper's members use."""
+    return compressor if isinstance(compressor, Compressor) else Compressor("laq", int(compressor))
+
+
 def worker_round(
     memory: WorkerMemory,
     grad: np.ndarray,
-    bits: int,
+    compressor: Compressor | int,
     instruction: Instruction,
     same_sample_change: float | None = None,
+    rng: np.random.Generator | None = None,
 ) -> Upload | None:
     """Quantize the innovation (5)-(6), apply the skip rule, and return the upload or ``None`` for a skip.
+
+    ``compressor`` is LAQ's quantizer with ``b`` bits when given as an int; the baselines' random
+    compressors (QSGD, sparsification) draw from ``rng``.
 
     The rule is (7a) unless ``same_sample_change`` is given: then the worker skips when
     ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2`` (that value) is at most the threshold
@@ -95,9 +104,10 @@ def worker_round(
     On upload the memory moves to the new ``Q`` and its error; on a skip it is unchanged,
     just as the server keeps its stale copy.
     """
+    compressor = as_compressor(compressor)
     if instruction.reset:
         memory.reset()
-    quantization = quantize_innovation(grad, memory.q_hat, bits)
+    quantization = compressor.compress(grad, memory.q_hat, rng)
     error_sq = quantization.error_sq
     if not instruction.force_upload:
         if same_sample_change is not None:
@@ -110,7 +120,7 @@ def worker_round(
             return None
     memory.q_hat = quantization.value
     memory.last_error_sq = error_sq
-    return encode_upload(quantization, bits)
+    return compressor.encode(quantization)
 
 
 def local_round(
@@ -118,9 +128,10 @@ def local_round(
     objective: GradientOracle,
     theta: np.ndarray,
     batch: np.ndarray | None,
-    bits: int,
+    compressor: Compressor | int,
     rule: str,
     instruction: Instruction,
+    rng: np.random.Generator | None = None,
 ) -> tuple[float, Upload | None]:
     """One worker's round: the gradient at theta^k (on ``batch`` for SGD-type members), then :func:`worker_round`.
 
@@ -137,7 +148,7 @@ def local_round(
             _, stale = objective.loss_and_gradient(memory.theta_hat, batch)
             stale -= grad
             change = float(np.dot(stale.astype(np.float64), stale))
-    upload = worker_round(memory, grad, bits, instruction, same_sample_change=change)
+    upload = worker_round(memory, grad, compressor, instruction, same_sample_change=change, rng=rng)
     if upload is not None and rule == RULE_SAME_SAMPLE:
         memory.theta_hat = np.array(theta, copy=True)
     return loss, upload

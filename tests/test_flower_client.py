@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 
+from laq_fl.compressors import Compressor
 from laq_fl.codec import payload_bits
 from laq_fl.flower.client import MEMORY_RECORD, handle_train
 from laq_fl.flower.messages import read_train_reply, train_content
@@ -26,7 +27,8 @@ def make_context(partition: int = 1) -> Context:
 
 
 def train_message(theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4) -> Message:
-    message = Message(train_content(ArrayRecord([theta]), iteration, bits, 0, "laq", instruction), 77, MessageType.TRAIN)
+    content = train_content(ArrayRecord([theta]), iteration, Compressor("laq", bits), 0, "laq", instruction)
+    message = Message(content, 77, MessageType.TRAIN)
     message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return message
 

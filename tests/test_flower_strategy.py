@@ -9,6 +9,7 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from laq_fl.codec import encode_upload, upload_to_bytes
+from laq_fl.compressors import Compressor
 from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.flower.strategy import LaqStrategy, SlaqStrategy, make_strategy
@@ -57,7 +58,7 @@ def test_first_round_forces_everyone_and_uploads_update_theta(strategy: LaqStrat
     for message in sent.values():
         request = read_train_request(message)
         assert request.instruction.force_upload and not request.instruction.reset
-        assert request.iteration == 0 and request.bits == 4 and request.batch_size == 0
+        assert request.iteration == 0 and request.compressor == Compressor("laq", 4) and request.batch_size == 0
         np.testing.assert_array_equal(request.theta, np.zeros(SIZE))
     g = grads(0)
     zeros = np.zeros(SIZE, np.float32)

@@ -59,10 +59,13 @@ def test_clock_forces_upload_every_t_bar_plus_one_rounds() -> None:
     assert pattern == [True, False, False, False, False, True, False, False, False, False, True]
 
 
-@pytest.mark.parametrize("name", ["gd", "qgd", "sgd"])
+@pytest.mark.parametrize("name", ["gd", "qgd", "sgd", "qsgd", "ssgd"])
 def test_non_lazy_members_always_upload(name: str) -> None:
     server = ServerMemory(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
-    upload = worker_round(WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.wire_bits, server.instruction(0))
+    upload = worker_round(
+        WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.compressor, server.instruction(0),
+        rng=np.random.default_rng(0),
+    )
     assert upload is not None
     server.accept(0, upload)
     # A constant gradient would be skipped by a lazy rule; these members upload anyway.

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from laq_fl.codec import upload_to_bytes
+from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.flower.messages import read_train_request, reply_content
@@ -79,8 +79,10 @@ def handle_train(message: Message, context: Context) -> Message:
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
     memory = load_memory(context, objective.model.size, request.theta.dtype)
-    loss, upload = local_round(memory, objective, request.theta, batch, request.bits, request.rule, request.instruction)
+    compressor = request.compressor
+    rng = compression_rng(problem.seed, partition_id, request.iteration) if compressor.stochastic else None
+    loss, upload = local_round(memory, objective, request.theta, batch, compressor, request.rule, request.instruction, rng)
     if upload is not None or request.instruction.reset:
         store_memory(context, memory)
-    payload = None if upload is None else upload_to_bytes(upload, request.bits)
+    payload = None if upload is None else compressor.to_bytes(upload)
     return Message(reply_content(partition_id, loss, payload), reply_to=message)

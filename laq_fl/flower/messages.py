@@ -2,13 +2,14 @@
 
 Server -> worker (``train`` message):
     ``theta``        ArrayRecord with theta^k as one float array
-    ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``bits``, ``batch-size`` (0: full gradient),
+    ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``compressor`` (none, laq, qsgd, sparsify),
+                     ``bits``, ``density`` (sparsify), ``batch-size`` (0: full gradient),
                      ``rule`` (none, laq or same-sample), ``threshold`` (the shared part of 7a),
                      ``force-upload`` (7b), ``reset`` (resync)
 
 Worker -> server (reply):
     ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k); kept minimal, it is most of a skip
-    ``upload``       ConfigRecord with ``payload`` (bytes: float32 R + packed levels); absent for a skip
+    ``upload``       ConfigRecord with ``payload`` (bytes: float32 R + packed levels for LAQ); absent for a skip
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from laq_fl.codec import PayloadError
+from laq_fl.compressors import Compressor
 from laq_fl.worker import Instruction
 
 THETA = "theta"
@@ -28,7 +30,9 @@ METRICS = "metrics"
 UPLOAD = "upload"
 PAYLOAD = "payload"
 ITERATION = "iteration"
+COMPRESSOR = "compressor"
 BITS = "bits"
+DENSITY = "density"
 BATCH_SIZE = "batch-size"
 RULE = "rule"
 THRESHOLD = "threshold"
@@ -44,14 +48,14 @@ class TrainRequest:
 
     theta: np.ndarray
     iteration: int
-    bits: int
+    compressor: Compressor
     batch_size: int
     rule: str
     instruction: Instruction
 
 
 def train_content(
-    theta: ArrayRecord, iteration: int, bits: int, batch_size: int, rule: str, instruction: Instruction
+    theta: ArrayRecord, iteration: int, compressor: Compressor, batch_size: int, rule: str, instruction: Instruction
 ) -> RecordDict:
     return RecordDict(
         {
@@ -59,7 +63,9 @@ def train_content(
             INSTRUCTION: ConfigRecord(
                 {
                     ITERATION: iteration,
-                    BITS: bits,
+                    COMPRESSOR: compressor.scheme,
+                    BITS: compressor.bits,
+                    DENSITY: float(compressor.density),
                     BATCH_SIZE: batch_size,
                     RULE: rule,
                     THRESHOLD: float(instruction.threshold),
@@ -78,7 +84,7 @@ def read_train_request(message: Message) -> TrainRequest:
     return TrainRequest(
         theta=theta,
         iteration=int(config[ITERATION]),
-        bits=int(config[BITS]),
+        compressor=Compressor(str(config[COMPRESSOR]), int(config[BITS]), float(config[DENSITY])),
         batch_size=int(config[BATCH_SIZE]),
         rule=str(config[RULE]),
         instruction=Instruction(

@@ -24,7 +24,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from laq_fl.codec import PayloadError, payload_bits, upload_from_bytes
+from laq_fl.codec import PayloadError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.messages import read_train_reply, train_content
 from laq_fl.flower.wire import WireMeter
@@ -61,7 +61,6 @@ class LaqStrategy(Strategy):
         self.memory = ServerMemory(np.asarray(initial_theta), config, num_workers)
         self.round_metrics: dict[int, dict[str, float | int]] = {}
         self._sent: dict[int, Message] = {}
-        self._bits_per_upload = payload_bits(config.wire_bits, self.memory.size, self.memory.theta.dtype.itemsize)
 
     @property
     def batch_size(self) -> int:
@@ -72,9 +71,10 @@ class LaqStrategy(Strategy):
         config = self.config
         log(
             INFO,
-            "\t%s: algorithm=%s bits=%s lr=%s D=%d sum(xi)=%.3g t_bar=%d batch=%s M=%d p=%d",
+            "\t%s: algorithm=%s compressor=%s bits=%s lr=%s D=%d sum(xi)=%.3g t_bar=%d batch=%s M=%d p=%d",
             type(self).__name__,
             config.algorithm,
+            config.compressor.scheme,
             config.wire_bits,
             config.lr,
             config.memory,
@@ -101,7 +101,7 @@ class LaqStrategy(Strategy):
             content = train_content(
                 theta,
                 server_round - 1,
-                self.config.wire_bits,
+                self.config.compressor,
                 self.batch_size,
                 self.config.spec.rule,
                 self.memory.instruction(node_id),
@@ -115,6 +115,8 @@ class LaqStrategy(Strategy):
         """Validate all replies, apply uploads and skips in partition order, then step theta."""
         node_of_message = {message.metadata.message_id: node for node, message in self._sent.items()}
         accepted: dict[int, tuple[int, float, np.ndarray | None]] = {}
+        compressor = self.config.compressor
+        payload_bits = 0
         meter = WireMeter()
         rejected = 0
         uplink = 0
@@ -133,7 +135,9 @@ class LaqStrategy(Strategy):
                 parsed = read_train_reply(reply)
                 new_copy = None
                 if parsed.payload is not None:
-                    new_copy = self.memory.decode(node, upload_from_bytes(parsed.payload, self.config.wire_bits))
+                    upload = compressor.from_bytes(parsed.payload)
+                    new_copy = self.memory.decode(node, upload)
+                    payload_bits += compressor.payload_bits(upload, self.memory.size, self.memory.theta.dtype.itemsize)
             except PayloadError as error:
                 log(WARNING, "Round %d: rejected the reply of node %d, keeping its stale copy: %s", server_round, node, error)
                 rejected += 1
@@ -158,7 +162,7 @@ class LaqStrategy(Strategy):
             "uploads": uploads,
             "skips": len(accepted) - uploads,
             "rejected": len(missing),
-            "payload-bits": uploads * self._bits_per_upload,
+            "payload-bits": payload_bits,
             "uplink-bytes": uplink,
             "downlink-bytes": sum(meter.downlink_bytes(message) for message in self._sent.values()),
             "train-loss": float(np.mean(losses)) if losses else float("nan"),
