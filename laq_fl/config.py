@@ -108,7 +108,11 @@ def _positive_float(key: str, value: Any, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size, density."""
+    """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size, density.
+
+    ``xi_warmup`` spreads the weights over the differences that exist in the first D iterations, as the
+    authors' script does (the paper counts the missing ones as zero); see :func:`laq_fl.rule.lazy_threshold`.
+    """
 
     algorithm: str = "laq"
     bits: int = 4
@@ -117,6 +121,7 @@ class AlgorithmConfig:
     t_bar: int = DEFAULT_T_BAR
     batch_size: int = 500
     density: float = 0.5
+    xi_warmup: bool = False
 
     def __post_init__(self) -> None:
         _one_of("algorithm", self.algorithm, list(ALGORITHMS))
@@ -134,6 +139,8 @@ class AlgorithmConfig:
         _positive_int("batch_size", self.batch_size)
         if self.spec.compressor == QSGD and not 2 <= self.bits <= 16:
             raise ConfigError("bits", f"qsgd needs 2..16 bits (a sign bit and at least one magnitude bit), got {self.bits}")
+        if not isinstance(self.xi_warmup, bool):
+            raise ConfigError("xi_warmup", f"must be true or false, got {self.xi_warmup!r}")
         _positive_float("density", self.density)
         if self.density > 1:
             raise ConfigError("density", f"is the expected fraction of coordinates sent, in (0, 1]; got {self.density}")

@@ -30,13 +30,17 @@ def default_xi(memory: int = DEFAULT_D, total: float = DEFAULT_XI_SUM) -> tuple[
 
 
 def lazy_threshold(
-    recent_sq_diffs: Sequence[float], xi: Sequence[float], lr: float, num_workers: int
+    recent_sq_diffs: Sequence[float], xi: Sequence[float], lr: float, num_workers: int, warmup: bool = False
 ) -> float:
     """Server part of (7a): ``(1/(alpha^2 M^2)) sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2``.
 
     ``recent_sq_diffs[0]`` is the newest squared parameter difference ``||theta^k - theta^{k-1}||^2``.
-    Differences from before the first iteration are missing and count as zero.
+    Differences from before the first iteration are missing and count as zero, as the paper has it.
+    With ``warmup``, while fewer than D differences exist the total weight ``sum xi`` is spread
+    evenly over those that do (``xi_d = 0.8/k`` at iteration ``k <= D``), as the authors' ``LAQ.py`` does.
     """
+    if warmup and 0 < len(recent_sq_diffs) < len(xi):
+        xi = (sum(xi) / len(recent_sq_diffs),) * len(recent_sq_diffs)
     weighted = sum(weight * sq for weight, sq in zip(xi, recent_sq_diffs))
     return weighted / (lr * lr * num_workers * num_workers)
 

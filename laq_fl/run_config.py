@@ -32,6 +32,7 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "lr": (float, 0.02),
     "xi-sum": (float, 0.8),
     "D": (int, 10),
+    "xi-warmup": (bool, False),
     "t-bar": (int, 100),
     "batch-size": (int, 500),
     "density": (float, 0.5),
@@ -55,6 +56,7 @@ _FIELD_TO_KEY = {
     "t_bar": "t-bar",
     "batch_size": "batch-size",
     "density": "density",
+    "xi_warmup": "xi-warmup",
     "model": "model",
     "dataset": "dataset",
     "partition": "partition",
@@ -91,7 +93,7 @@ def _typed(key: str, value: Any) -> Any:
         return float(value)
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
         raise ConfigError(key, f"must be {expected.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
@@ -136,6 +138,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             t_bar=values["t-bar"],
             batch_size=values["batch-size"],
             density=values["density"],
+            xi_warmup=values["xi-warmup"],
         )
         problem = ProblemConfig(
             model=values["model"],

@@ -56,7 +56,8 @@ class ServerMemory:
         """The worker-independent part of (7a); zero when the algorithm is not lazy."""
         if not self.config.spec.lazy:
             return 0.0
-        return lazy_threshold(self.recent_sq_diffs, self.config.xi, self.config.lr, self.num_workers)
+        config = self.config
+        return lazy_threshold(self.recent_sq_diffs, config.xi, config.lr, self.num_workers, config.xi_warmup)
 
     def instruction(self, worker: WorkerKey) -> Instruction:
         """Threshold and forced-upload flag for ``worker`` at this iteration.

@@ -3,9 +3,10 @@
     python scripts/table3.py --model logistic                     # 1,000 iterations, b = 3
     python scripts/table3.py --model mlp --iterations 1500        # b = 8
 
-Minibatch 500 per worker, alpha = 0.008. Rows: SGD; SLAQ with rule (7a) exactly as printed (which
-fails on minibatch gradients: see the README); SLAQ-WK2, LAQ's quantizer with LASG-WK2's same-sample
-rule; and LASG (WK2, unquantized). Each runs through the Flower app (in-process Grid) and the table is
+Minibatch 500 per worker, alpha = 0.008. Rows: SGD; QSGD (b bits, one of them the sign); SSGD
+(random sparsification, half the coordinates in expectation, as the paper's bit count implies);
+SLAQ with rule (7a) exactly as printed (which fails on minibatch gradients: see the README); SLAQ-WK2,
+LAQ's quantizer with LASG-WK2's same-sample rule; and LASG (WK2, unquantized). Each runs through the Flower app (in-process Grid) and the table is
 read from its results file. Writes results/table3-<model>.json and results/runs/*.jsonl.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, PAPER, flower_table_row, git_revision, machine, markdown_table
 
-ALGORITHMS = ("sgd", "slaq", "slaq-wk2", "lasg")
+ALGORITHMS = ("sgd", "qsgd", "ssgd", "slaq", "slaq-wk2", "lasg")
+SSGD_DENSITY = 0.5  # the paper's SSGD bits are half of SGD's in both rows of Table 3
 BITS = {"logistic": 3, "mlp": 8}
 
 
@@ -41,7 +43,7 @@ def main() -> None:
         run_config = {
             "algorithm": name, "model": args.model, "bits": bits, "lr": 0.008, "batch-size": 500,
             "rounds": args.iterations, "data-dir": data_dir, "out-dir": str(out_dir / "runs"),
-            "run-name": f"table3-{args.model}-{name}",
+            "run-name": f"table3-{args.model}-{name}", "density": SSGD_DENSITY,
         }
         row, _ = flower_table_row(run_config, args.iterations, reuse=args.reuse)
         rows.append(row)

@@ -103,7 +103,7 @@ BAD_VALUES = [
     ("bits", 0), ("bits", 17), ("bits", 31), ("lr", 0.0), ("lr", -1.0), ("xi-sum", -0.1), ("D", 0), ("t-bar", 0),
     ("algorithm", "adam"), ("model", "cnn"), ("partition", "shards"), ("num-clients", 0), ("rounds", 0),
     ("dtype", "float16"), ("lambda", -1.0), ("batch-size", 0), ("data-dir", "relative/path"), ("bits", "four"),
-    ("no-such-key", 1),
+    ("no-such-key", 1), ("xi-warmup", "yes"), ("xi-warmup", 1), ("density", 0.0), ("density", 1.5), ("bits", 1.5),
 ]
 
 

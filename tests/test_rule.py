@@ -20,6 +20,18 @@ def test_threshold_hand_computed() -> None:
     assert lazy_threshold([1e-4] * 12, default_xi(), lr=0.02, num_workers=10) == pytest.approx(2e-3)
 
 
+def test_warmup_spreads_the_weights_over_existing_differences() -> None:
+    # Two differences exist, D = 3, sum xi = 0.6: each gets 0.3 -> 0.3 * 4 + 0.3 * 9 = 3.9 (the paper: 3.0)
+    assert lazy_threshold([4.0, 9.0], (0.3, 0.2, 0.1), lr=0.5, num_workers=2, warmup=True) == pytest.approx(3.9)
+    # Once D differences exist, the warm-up changes nothing.
+    full = [4.0, 9.0, 1.0]
+    assert lazy_threshold(full, (0.3, 0.2, 0.1), 0.5, 2, warmup=True) == lazy_threshold(full, (0.3, 0.2, 0.1), 0.5, 2)
+    assert lazy_threshold([], (0.3, 0.2, 0.1), 0.5, 2, warmup=True) == 0.0
+    server = ServerMemory(np.zeros(2, np.float64), AlgorithmConfig(algorithm="laq", lr=0.5, xi=(0.3, 0.2, 0.1), xi_warmup=True), 2)
+    server.recent_sq_diffs.extend([4.0, 9.0])
+    assert server.threshold() == pytest.approx(3.9)
+
+
 def test_server_threshold_from_its_iterates() -> None:
     config = AlgorithmConfig(algorithm="lag", lr=0.5, xi=(0.3, 0.2))
     server = ServerMemory(np.zeros(2, np.float64), config, num_workers=2)
