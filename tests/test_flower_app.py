@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, run_server
-from laq_fl.flower.client import MEMORY_RECORD, handle_train
+from laq_fl.flower.client import handle_train, load_memory
 from laq_fl.flower.strategy import make_strategy
 from laq_fl.models import FlatModel
 from laq_fl.run_config import RUN_CONFIG_SCHEMA
@@ -92,7 +92,7 @@ def test_lost_replies_resync_and_the_run_goes_on(task_identity) -> None:
     memory = strategy.memory
     assert not memory.out_of_sync
     for node, context in grid.contexts.items():
-        worker_q_hat = context.state.array_records[MEMORY_RECORD]["q-hat"].numpy()
+        worker_q_hat = load_memory(context, memory.size, np.float32).q_hat
         np.testing.assert_array_equal(memory.copies[node], worker_q_hat)
     np.testing.assert_allclose(memory.aggregate, sum(c.astype(np.float64) for c in memory.copies.values()), atol=1e-12)
     losses = [strategy.round_metrics[r]["train-loss"] for r in range(1, 9)]

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 
 from laq_fl.compressors import Compressor
 from laq_fl.codec import payload_bits
-from laq_fl.flower.client import MEMORY_RECORD, handle_train
+from laq_fl.flower.client import MEMORY_RECORD, handle_train, load_memory
 from laq_fl.flower.messages import read_train_reply, train_content
 from laq_fl.flower.wire import downlink_bytes, uplink_bytes
 from laq_fl.models import FlatModel
@@ -44,16 +44,16 @@ def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.nd
     parsed = read_train_reply(first)
     assert parsed.partition_id == 1 and parsed.payload is not None
     assert len(parsed.payload) == 4 + (4 * theta.size + 7) // 8
-    record = context.state.array_records[MEMORY_RECORD]
-    q_hat = record["q-hat"].numpy()
+    q_hat = load_memory(context, theta.size, np.float32).q_hat
     assert q_hat.dtype == np.float32 and q_hat.shape == theta.shape and np.any(q_hat)
-    assert sum(array.numpy().nbytes for array in record.values()) <= 4 * theta.size + 8  # one float32 copy of Q_hat
+    stored = context.state.config_records[MEMORY_RECORD]
+    assert sum(len(value) for value in stored.values()) <= 4 * theta.size + 8  # one float32 copy of Q_hat
 
     # Same theta, generous threshold: the innovation is tiny, so the worker skips and keeps its memory.
     second = handle_train(train_message(theta, 1, Instruction(1e9, force_upload=False)), context)
     assert read_train_reply(second).payload is None
     assert not second.content.array_records and "upload" not in second.content.config_records
-    np.testing.assert_array_equal(context.state.array_records[MEMORY_RECORD]["q-hat"].numpy(), q_hat)
+    np.testing.assert_array_equal(load_memory(context, theta.size, np.float32).q_hat, q_hat)
 
 
 def test_a_skip_costs_little_more_than_an_empty_reply(task_identity, theta: np.ndarray) -> None:

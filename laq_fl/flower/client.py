@@ -1,7 +1,8 @@
 """The worker as a Flower ``train`` handler: gradient at theta^k, quantize, rule, reply.
 
-The worker's memory (``Q_hat`` as float32 and ``||eps_hat||^2``) lives in ``context.state`` and
-is rewritten only when it changes. Data and the objective are loaded once per process.
+The worker's memory (``Q_hat`` as raw float32 bytes and ``||eps_hat||^2``) lives in ``context.state``
+as a ConfigRecord, read without the ``.npy`` header parsing an ArrayRecord would cost every round, and
+rewritten only when it changes. Data and the objective are loaded once per process.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message
 
 from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
@@ -18,7 +19,7 @@ from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
 from laq_fl.run_config import RunSettings, parse_run_config
-from laq_fl.worker import WorkerMemory, local_round
+from laq_fl.worker import LAST_ERROR_SQ_KEY, Q_HAT_KEY, WorkerMemory, local_round
 
 MEMORY_RECORD = "laq-worker"
 
@@ -56,15 +57,21 @@ def partition_of(context: Context, num_workers: int) -> int:
     return partition_id
 
 
-def load_memory(context: Context, size: int, dtype: np.dtype) -> WorkerMemory:
-    record = context.state.array_records.get(MEMORY_RECORD)
+def load_memory(context: Context, size: int, dtype: np.dtype | type) -> WorkerMemory:
+    """This node's memory from ``context.state``, or the zero memory before its first upload."""
+    record = context.state.config_records.get(MEMORY_RECORD)
     if record is None:
         return WorkerMemory.zeros(size, dtype)
-    return WorkerMemory.from_arrays({key: array.numpy() for key, array in record.items()})
+    # Read-only views of the stored bytes: the memory replaces its vectors, it never edits them.
+    arrays = {key: np.frombuffer(blob, np.float64 if key == LAST_ERROR_SQ_KEY else dtype) for key, blob in record.items()}
+    arrays[LAST_ERROR_SQ_KEY] = arrays[LAST_ERROR_SQ_KEY].reshape(())
+    if arrays[Q_HAT_KEY].size != size:
+        raise ValueError(f"context.state holds a Q_hat of {arrays[Q_HAT_KEY].size} values; the model has {size}")
+    return WorkerMemory.from_arrays(arrays)
 
 
 def store_memory(context: Context, memory: WorkerMemory) -> None:
-    context.state[MEMORY_RECORD] = ArrayRecord({key: Array(value) for key, value in memory.to_arrays().items()})
+    context.state[MEMORY_RECORD] = ConfigRecord({key: value.tobytes() for key, value in memory.to_arrays().items()})
 
 
 def handle_train(message: Message, context: Context) -> Message:

@@ -25,10 +25,20 @@ from flwr.supercore.task_identity import TaskIdentity
 ClientCallable = Callable[[Message, Context], Message]
 
 
-def through_the_wire(message: Message) -> Message:
-    """The message as a receiver rebuilds it from its serialised objects."""
+def through_the_wire(message: Message, deflated: dict[str, bytes] | None = None) -> Message:
+    """The message as a receiver rebuilds it from its serialised objects.
+
+    ``deflated`` caches serialised objects by id across the messages of one push: object ids are
+    content hashes, and Flower's runtime, too, uploads an object shared by several messages (the
+    broadcast theta) once. Every receiver still inflates its own copy.
+    """
+    deflated = {} if deflated is None else deflated
     with no_object_id_recompute():  # as Flower's runtime does when it pushes
-        contents = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
+        contents = {}
+        for object_id, obj in get_all_nested_objects(message).items():
+            if object_id not in deflated:
+                deflated[object_id] = obj.deflate()
+            contents[object_id] = deflated[object_id]
         received = inflate_object_from_contents(message.object_id, contents)
     received.metadata.__dict__["_message_id"] = message.metadata.message_id
     return received
@@ -91,14 +101,15 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         message_ids = []
+        deflated: dict[str, bytes] = {}
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[message.metadata.message_id] = self._deliver(message)
+            self._replies[message.metadata.message_id] = self._deliver(message, deflated)
             message_ids.append(message.metadata.message_id)
         return message_ids
 
-    def _deliver(self, message: Message) -> Message:
-        received = through_the_wire(message)
+    def _deliver(self, message: Message, deflated: dict[str, bytes]) -> Message:
+        received = through_the_wire(message, deflated)
         context = self.contexts.get(message.metadata.dst_node_id)
         if context is None:
             reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="unknown node"), reply_to=received)
