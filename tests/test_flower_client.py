@@ -6,12 +6,12 @@ import uuid
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 
-from laq_fl.compressors import Compressor
 from laq_fl.codec import payload_bits
+from laq_fl.compressors import Compressor
 from laq_fl.flower.client import MEMORY_RECORD, handle_train, load_memory
-from laq_fl.flower.messages import read_train_reply, train_content
+from laq_fl.flower.messages import array_to_numpy, read_train_reply, train_content
 from laq_fl.flower.wire import downlink_bytes, uplink_bytes
 from laq_fl.models import FlatModel
 from laq_fl.worker import Instruction
@@ -98,3 +98,18 @@ def test_partition_outside_run_config_is_an_error(task_identity, theta: np.ndarr
     context.node_config = {"partition-id": 5, "num-partitions": 6}
     with pytest.raises(ValueError, match="num-clients=3"):
         handle_train(train_message(theta, 0, Instruction(0.0, True)), context)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.arange(7, dtype=np.float32), np.ones((3, 4), np.float64), np.asfortranarray(np.ones((3, 4))), np.arange(5, dtype=">f4"),
+     np.zeros(0, np.float32), np.array(2.5)],
+)
+def test_fast_array_reader_equals_flower_numpy(array: np.ndarray) -> None:
+    record = Array(array)
+    fast = array_to_numpy(record)
+    expected = record.numpy()
+    assert fast.dtype == expected.dtype and fast.shape == expected.shape
+    np.testing.assert_array_equal(fast, expected)
+    # The fast path (a read-only view of the bytes) serves C-order arrays; Fortran order falls back to np.load.
+    assert fast.flags.writeable == (not array.flags.c_contiguous)

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from laq_fl.codec import PayloadError
 from laq_fl.compressors import Compressor
@@ -77,10 +77,31 @@ def train_content(
     )
 
 
+_NPY_V1_MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` without ``np.load``'s header parsing (a third of a millisecond per call).
+
+    Takes the fast path only for a version-1 ``.npy`` C-order array whose header names exactly the
+    array's dtype; anything else goes through ``Array.numpy()``.
+    """
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:8] == _NPY_V1_MAGIC:
+        header_end = 10 + int.from_bytes(data[8:10], "little")
+        header = data[10:header_end]
+        dtype = np.dtype(array.dtype)
+        if b"'fortran_order': False" in header and f"'descr': '{dtype.str}'".encode() in header:
+            values = np.frombuffer(data, dtype, offset=header_end)
+            if values.size == math.prod(array.shape):
+                return values.reshape(array.shape)
+    return array.numpy()
+
+
 def read_train_request(message: Message) -> TrainRequest:
     content = message.content
     config = content.config_records[INSTRUCTION]
-    (theta,) = content.array_records[THETA].to_numpy_ndarrays()
+    (theta,) = [array_to_numpy(array) for array in content.array_records[THETA].values()]
     return TrainRequest(
         theta=theta,
         iteration=int(config[ITERATION]),
