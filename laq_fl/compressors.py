@@ -100,6 +100,7 @@ class Compressor:
         return sparsify(grad, self.density, rng, q_hat.dtype)
 
     def encode(self, quantization: Quantization) -> Upload:
+        """The upload of a compressed gradient: packed levels and scale, a mask and values, or raw floats."""
         if self.scheme == SPARSIFY:
             mask = quantization.levels.astype(bool)
             values = quantization.value[mask].astype("<f4")
@@ -130,6 +131,7 @@ class Compressor:
         return upload_to_bytes(upload, self.wire_bits)
 
     def from_bytes(self, blob: bytes | bytearray | memoryview | np.ndarray) -> Upload:
+        """Inverse of :meth:`to_bytes`; :meth:`decode` validates the parts."""
         return upload_from_bytes(blob, self.wire_bits)
 
     def payload_bits(self, upload: Upload, size: int, float_bytes: int = 4) -> int:
