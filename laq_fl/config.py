@@ -137,8 +137,11 @@ class AlgorithmConfig:
             _positive_float("xi", weight, allow_zero=True)
         _positive_int("t_bar", self.t_bar)
         _positive_int("batch_size", self.batch_size)
-        if self.spec.compressor == QSGD and not 2 <= self.bits <= 16:
-            raise ConfigError("bits", f"qsgd needs 2..16 bits (a sign bit and at least one magnitude bit), got {self.bits}")
+        if self.spec.compressor == QSGD:
+            try:
+                Compressor(QSGD, self.bits)
+            except ValueError as exc:
+                raise ConfigError("bits", str(exc)) from None
         if not isinstance(self.xi_warmup, bool):
             raise ConfigError("xi_warmup", f"must be true or false, got {self.xi_warmup!r}")
         _positive_float("density", self.density)

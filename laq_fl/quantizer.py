@@ -45,9 +45,10 @@ class Quantization:
     Attributes
     ----------
     levels
-        Integer levels ``q`` in ``[0, 2**bits - 1]`` (eq. 5); ``None`` when ``bits == 32``.
+        Integer levels ``q`` in ``[0, 2**bits - 1]`` (eq. 5); ``None`` when ``bits == 32``. The baselines'
+        compressors reuse the field: QSGD's signed codes, the sparsifier's 0/1 mask.
     radius
-        ``R = ||g - Q_hat||_inf`` as float32, the value that travels (eq. 6).
+        ``R = ||g - Q_hat||_inf`` as float32, the value that travels (eq. 6); QSGD's ``||g||_2``.
     value
         The new quantized gradient ``Q`` in the dtype of ``Q_hat``.
     error

@@ -80,23 +80,18 @@ class WorkerMemory:
         )
 
 
-def as_compressor(compressor: Compressor | int) -> Compressor:
-    """A :class:`Compressor`; a bare ``bits`` means LAQ's quantizer (32: none), as the paper's members use."""
-    return compressor if isinstance(compressor, Compressor) else Compressor("laq", int(compressor))
-
-
 def worker_round(
     memory: WorkerMemory,
     grad: np.ndarray,
-    compressor: Compressor | int,
+    compressor: Compressor,
     instruction: Instruction,
     same_sample_change: float | None = None,
     rng: np.random.Generator | None = None,
 ) -> Upload | None:
     """Quantize the innovation (5)-(6), apply the skip rule, and return the upload or ``None`` for a skip.
 
-    ``compressor`` is LAQ's quantizer with ``b`` bits when given as an int; the baselines' random
-    compressors (QSGD, sparsification) draw from ``rng``.
+    ``compressor`` is LAQ's quantizer (``Compressor("laq", b)``) or a baseline's; the random ones
+    (QSGD, sparsification) draw from ``rng``.
 
     The rule is (7a) unless ``same_sample_change`` is given: then the worker skips when
     ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2`` (that value) is at most the threshold
@@ -104,7 +99,6 @@ def worker_round(
     On upload the memory moves to the new ``Q`` and its error; on a skip it is unchanged,
     just as the server keeps its stale copy.
     """
-    compressor = as_compressor(compressor)
     if instruction.reset:
         memory.reset()
     quantization = compressor.compress(grad, memory.q_hat, rng)
@@ -128,7 +122,7 @@ def local_round(
     objective: GradientOracle,
     theta: np.ndarray,
     batch: np.ndarray | None,
-    compressor: Compressor | int,
+    compressor: Compressor,
     rule: str,
     instruction: Instruction,
     rng: np.random.Generator | None = None,

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from laq_fl.codec import Upload
+from laq_fl.compressors import Compressor
 from laq_fl.config import RULE_LAQ, RULE_SAME_SAMPLE, AlgorithmConfig
 from laq_fl.rule import default_xi, lazy_threshold, may_skip, upload_forced
 from laq_fl.server import ServerMemory
 from laq_fl.worker import THETA_HAT_KEY, Instruction, WorkerMemory, local_round, worker_round
+
+LAQ4 = Compressor("laq", 4)
 
 
 def test_threshold_hand_computed() -> None:
@@ -61,7 +64,7 @@ def test_clock_forces_upload_every_t_bar_plus_one_rounds() -> None:
     grad = np.array([1.0, -2.0, 3.0], np.float32)  # a constant gradient: nothing new after the first upload
     pattern = []
     for _ in range(11):
-        upload = worker_round(memory, grad, config.bits, server.instruction(0))
+        upload = worker_round(memory, grad, config.compressor, server.instruction(0))
         pattern.append(upload is not None)
         if upload is None:
             server.skip(0)
@@ -88,14 +91,14 @@ def test_non_lazy_members_always_upload(name: str) -> None:
 def test_lazy_members_may_skip_once_a_copy_exists(name: str) -> None:
     server = ServerMemory(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
     assert server.instruction(0).force_upload
-    upload = worker_round(WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.wire_bits, server.instruction(0))
+    upload = worker_round(WorkerMemory.zeros(3), np.ones(3, np.float32), server.config.compressor, server.instruction(0))
     server.accept(0, upload)
     assert not server.instruction(0).force_upload
 
 
 def test_worker_skip_leaves_memory_unchanged() -> None:
     memory = WorkerMemory(q_hat=np.array([1.0, 2.0], np.float32), last_error_sq=0.5)
-    upload = worker_round(memory, np.array([1.0, 2.0], np.float32), 4, Instruction(threshold=1.0, force_upload=False))
+    upload = worker_round(memory, np.array([1.0, 2.0], np.float32), LAQ4, Instruction(threshold=1.0, force_upload=False))
     assert upload is None
     np.testing.assert_array_equal(memory.q_hat, [1.0, 2.0])
     assert memory.last_error_sq == 0.5
@@ -135,19 +138,19 @@ def test_same_sample_rule_ignores_sampling_noise() -> None:
     oracle = QuadraticOracle(rng.normal(size=(100, 5)).astype(np.float32) * 10)  # very noisy minibatches
     memory = WorkerMemory.zeros(5)
     theta = np.ones(5, np.float32)
-    _, upload = local_round(memory, oracle, theta, np.arange(10), 4, RULE_SAME_SAMPLE, Instruction(0.0, force_upload=True))
+    _, upload = local_round(memory, oracle, theta, np.arange(10), LAQ4, RULE_SAME_SAMPLE, Instruction(0.0, force_upload=True))
     assert upload is not None
     np.testing.assert_array_equal(memory.theta_hat, theta)
     # Same theta, a different minibatch: (7a) would see a large innovation; the same-sample test sees none.
-    _, upload = local_round(memory, oracle, theta, np.arange(50, 60), 4, RULE_SAME_SAMPLE, Instruction(0.0, False))
+    _, upload = local_round(memory, oracle, theta, np.arange(50, 60), LAQ4, RULE_SAME_SAMPLE, Instruction(0.0, False))
     assert upload is None
-    _, upload = local_round(WorkerMemory(memory.q_hat.copy(), memory.last_error_sq), oracle, theta, np.arange(50, 60), 4,
+    _, upload = local_round(WorkerMemory(memory.q_hat.copy(), memory.last_error_sq), oracle, theta, np.arange(50, 60), LAQ4,
                             RULE_LAQ, Instruction(0.0, False))
     assert upload is not None
     # A parameter move of norm^2 = 5 changes the same-sample gradient by exactly that: threshold decides.
     moved = theta + 1.0
-    assert local_round(memory, oracle, moved, np.arange(20, 30), 4, RULE_SAME_SAMPLE, Instruction(5.01, False))[1] is None
-    assert local_round(memory, oracle, moved, np.arange(20, 30), 4, RULE_SAME_SAMPLE, Instruction(4.99, False))[1] is not None
+    assert local_round(memory, oracle, moved, np.arange(20, 30), LAQ4, RULE_SAME_SAMPLE, Instruction(5.01, False))[1] is None
+    assert local_round(memory, oracle, moved, np.arange(20, 30), LAQ4, RULE_SAME_SAMPLE, Instruction(4.99, False))[1] is not None
     np.testing.assert_array_equal(memory.theta_hat, moved)
 
 
