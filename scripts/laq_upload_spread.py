@@ -41,7 +41,8 @@ def main() -> None:
     f_star = optimum(ProblemConfig(data_dir=data_dir), out_dir / "cache")["loss"]  # the start does not change f*
     path = out_dir / "laq-upload-spread.json"
     report = json.loads(path.read_text()) if path.exists() else {"runs": {}}
-    report.update(machine=machine(), revision=git_revision(), f_star=f_star, tolerance=args.tolerance)
+    revision, this_machine = git_revision(), machine()
+    report.update(f_star=f_star, tolerance=args.tolerance)
 
     for seed in args.seeds:
         for name, config in VARIANTS.items():
@@ -57,7 +58,7 @@ def main() -> None:
                 raise SystemExit(f"seed {seed} {name}: no convergence in {args.max_iterations} iterations")
             report["runs"][key] = {
                 "iterations": len(result.records) - 1, "uploads": result.total_uploads, "payload_bits": result.total_bits,
-                "seconds": time.perf_counter() - started,
+                "seconds": time.perf_counter() - started, "revision": revision, "machine": this_machine,
             }
             print(key, json.dumps(report["runs"][key]), flush=True)
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,10 +88,15 @@ def main() -> None:
             f"(min {min(uploads):.2%}, max {max(uploads):.2%}), payload bits {statistics.mean(bits):.3%} "
             f"(min {min(bits):.3%}, max {max(bits):.3%})."
         )
+    # Runs may come from several invocations: name every revision and machine they ran on
+    # (files written before runs carried their own keep one of each at the top level).
+    runs = [run for key, run in report["runs"].items() if int(key.split("/")[0]) in args.seeds]
+    revisions = sorted({run.get("revision", report.get("revision", "unknown")) for run in runs})
+    machines = sorted({run.get("machine", report.get("machine", "unknown")) for run in runs})
     lines.append(
         f"\nPaper: uploads {paper['laq'][1] / paper['gd'][1]:.2%}, bits {paper['laq'][2] / paper['gd'][2]:.3%}. "
-        f"`python scripts/laq_upload_spread.py --seeds {' '.join(map(str, args.seeds))}` on {report['machine']} "
-        f"(revision {report['revision']}), {sum(run['seconds'] for run in report['runs'].values()) / 60:.0f} min."
+        f"`python scripts/laq_upload_spread.py --seeds {' '.join(map(str, args.seeds))}` on {'; '.join(machines)} "
+        f"(revision {', '.join(revisions)}), {sum(run['seconds'] for run in runs) / 60:.0f} min."
     )
     table = "\n".join(lines)
     (out_dir / "laq-upload-spread.md").write_text(table + "\n")
