@@ -3,7 +3,7 @@
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from laq_fl.flower.server import run_server
+from laq_fl.flower.serverapp import run_server
 
 app = ServerApp()
 

@@ -1,27 +1,31 @@
-"""Wire codec for one upload: b-bit levels packed into bytes plus the float32 radius (eq. 6).
+"""Bit packing shared by the compressors: integer codes of 1..16 bits, most significant bit first.
 
-An upload of a quantized innovation is ``ceil(b p / 8)`` bytes of big-endian bit-packed
-levels and one float32 radius ``R``: ``32 + b p`` payload bits, as the paper counts them.
-A full-precision upload (``bits == 32``: GD, LAG, SGD) is the gradient itself as raw
-little-endian floats: ``32 p`` payload bits for float32.
-
-Decoding validates everything before it returns, so a malformed upload never reaches
-the caller's state.
+``count`` codes of ``b`` bits occupy exactly ``ceil(b count / 8)`` bytes: code ``i`` fills bits
+``b i .. b (i + 1) - 1`` of the byte string, read most significant bit first (so 16-bit codes are
+big-endian ``uint16``), and the last byte is padded with zero bits on the right.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from laq_fl.quantizer import FULL_PRECISION, Quantization, level_dtype, validate_bits
+MAX_CODE_BITS = 16
 
-RADIUS_BITS = 32
+
+def validate_bits(bits: int) -> int:
+    """Return ``bits`` if it is an integer in 1..16, else raise ``ValueError``."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_CODE_BITS:
+        raise ValueError(f"codes are packed with 1..{MAX_CODE_BITS} bits, got {bits!r}")
+    return int(bits)
+
+
+def level_dtype(bits: int) -> np.dtype:
+    """Smallest unsigned dtype that holds a code in ``[0, 2**bits - 1]``."""
+    return np.dtype(np.uint8) if bits <= 8 else np.dtype(np.uint16)
 
 
 class PayloadError(ValueError):
-    """An upload whose bytes, dtype or radius does not fit what the receiver expects."""
+    """A payload whose bytes, type, length, codes or floats do not fit what the receiver expects."""
 
 
 def packed_size(bits: int, count: int) -> int:
@@ -29,18 +33,9 @@ def packed_size(bits: int, count: int) -> int:
     return (validate_bits(bits) * count + 7) // 8
 
 
-def payload_bits(bits: int, count: int, float_bytes: int = 4) -> int:
-    """Payload bits of one upload of ``count`` coordinates: ``32 + b p``, or ``8 * float_bytes * p`` unquantized."""
-    if validate_bits(bits) == FULL_PRECISION:
-        return 8 * float_bytes * count
-    return RADIUS_BITS + bits * count
-
-
 def pack_levels(levels: np.ndarray, bits: int) -> bytes:
     """Pack integer levels in ``[0, 2**bits - 1]`` into exactly ``ceil(bits * len / 8)`` bytes."""
     bits = validate_bits(bits)
-    if bits == FULL_PRECISION:
-        raise ValueError("pack_levels needs 1..16 bits; full-precision uploads carry floats")
     levels = np.asarray(levels)
     if levels.ndim != 1 or levels.dtype.kind not in "ui":
         raise ValueError(f"levels must be a 1-D integer array, got {levels.dtype} with shape {levels.shape}")
@@ -62,8 +57,6 @@ def pack_levels(levels: np.ndarray, bits: int) -> bytes:
 def unpack_levels(data: bytes | bytearray | memoryview | np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_levels`; raises :class:`PayloadError` unless ``data`` is exactly the right size."""
     bits = validate_bits(bits)
-    if bits == FULL_PRECISION:
-        raise ValueError("unpack_levels needs 1..16 bits; full-precision uploads carry floats")
     buffer = as_byte_array(data)
     expected = packed_size(bits, count)
     if buffer.size != expected:
@@ -82,85 +75,8 @@ def unpack_levels(data: bytes | bytearray | memoryview | np.ndarray, bits: int, 
     return (left_aligned >> np.uint16(16 - bits)).astype(np.uint16)
 
 
-@dataclass(frozen=True)
-class Upload:
-    """What one worker sends in one round: ``data`` (packed levels, or raw floats) and ``radius``."""
-
-    data: bytes
-    radius: float
-
-
-def encode_upload(quantization: Quantization, bits: int) -> Upload:
-    """Turn a worker's quantization into the bytes that travel (eq. 6: ``R`` and ``q``)."""
-    bits = validate_bits(bits)
-    if bits == FULL_PRECISION:
-        return Upload(data=quantization.value.tobytes(), radius=0.0)
-    if quantization.levels is None:
-        raise ValueError(f"a {bits}-bit upload needs levels; got a full-precision quantization")
-    return Upload(data=pack_levels(quantization.levels, bits), radius=float(quantization.radius))
-
-
-def upload_to_bytes(upload: Upload, bits: int) -> bytes:
-    """One blob for the wire: the radius as little-endian float32, then the packed levels (``4 + ceil(b p / 8)`` bytes).
-
-    Full-precision uploads carry no radius: the blob is the raw floats.
-    """
-    if validate_bits(bits) == FULL_PRECISION:
-        return upload.data
-    return np.float32(upload.radius).astype("<f4").tobytes() + upload.data
-
-
-def upload_from_bytes(blob: bytes | bytearray | memoryview | np.ndarray, bits: int) -> Upload:
-    """Split a blob made by :func:`upload_to_bytes`; :func:`decode_upload` validates the parts."""
-    buffer = as_byte_array(blob)
-    if validate_bits(bits) == FULL_PRECISION:
-        return Upload(data=buffer.tobytes(), radius=0.0)
-    if buffer.size < RADIUS_BITS // 8:
-        raise PayloadError(f"a {bits}-bit upload starts with a 4-byte float32 radius; got {buffer.size} bytes")
-    radius = float(buffer[:4].view("<f4")[0])
-    return Upload(data=buffer[4:].tobytes(), radius=radius)
-
-
-def decode_upload(
-    data: bytes | bytearray | memoryview | np.ndarray,
-    radius: float,
-    bits: int,
-    count: int,
-    float_dtype: np.dtype | type = np.float32,
-) -> np.ndarray:
-    """Validate and decode an upload: levels for 1..16 bits, the gradient for 32 bits.
-
-    Raises :class:`PayloadError` for a wrong length, a wrong dtype, a non-finite or
-    negative radius, or non-finite full-precision values.
-    """
-    bits = validate_bits(bits)
-    buffer = as_byte_array(data)
-    if bits == FULL_PRECISION:
-        float_dtype = np.dtype(float_dtype)
-        expected = count * float_dtype.itemsize
-        if buffer.size != expected:
-            raise PayloadError(
-                f"full-precision upload is {buffer.size} bytes; {count} {float_dtype} values need {expected}"
-            )
-        values = buffer.view(float_dtype.newbyteorder("<")).astype(float_dtype)
-        if not np.all(np.isfinite(values)):
-            raise PayloadError("full-precision upload contains NaN or inf")
-        return values
-    _check_radius(radius)
-    return unpack_levels(buffer, bits, count)
-
-
-def _check_radius(radius: float) -> None:
-    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, float, np.integer, np.floating)):
-        raise PayloadError(f"radius must be a float scalar, got {type(radius).__name__}")
-    value = float(radius)
-    if not np.isfinite(value) or value < 0.0:
-        raise PayloadError(f"radius must be finite and >= 0, got {value}")
-    if value > float(np.finfo(np.float32).max):
-        raise PayloadError(f"radius {value} overflows float32")
-
-
 def as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """``data`` as a 1-D uint8 array without a copy; raises :class:`PayloadError` for any other type."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
             raise PayloadError(f"payload must be bytes or a 1-D uint8 array, got {data.dtype} with shape {data.shape}")
@@ -171,15 +87,12 @@ def as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarr
 
 
 __all__ = [
+    "MAX_CODE_BITS",
     "PayloadError",
-    "Upload",
-    "decode_upload",
-    "encode_upload",
+    "as_byte_array",
     "level_dtype",
     "pack_levels",
     "packed_size",
-    "payload_bits",
     "unpack_levels",
-    "upload_from_bytes",
-    "upload_to_bytes",
+    "validate_bits",
 ]

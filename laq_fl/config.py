@@ -1,29 +1,32 @@
 """Validated, frozen settings: which member of the LAQ family runs, and on which problem.
 
-The family is one mechanism with three switches: the compressor (LAQ's eq. 5-6 or a baseline's), the skip rule, and
-whether workers use full or minibatch gradients (Sun et al. 2019, section 2.3; LASG, Chen et al. 2020):
+A member of the family is a combination of four parts (Sun et al. 2019, section 2.3; LASG, Chen et al. 2020;
+the journal version's baselines): a compressor (``laq_fl.compressors``), a memory (``laq_fl.memory``), a skip
+rule (``laq_fl.skip_rules``) and a gradient oracle (full local gradients or seeded minibatches).
+:data:`ALGORITHMS` is that table as data:
 
-==========  ==================  ==================  ===========
-algorithm   compressor          skip rule           gradients
-==========  ==================  ==================  ===========
-gd          none (32 bit)       never skip          full
-qgd         laq, b bits         never skip          full
-lag         none (32 bit)       (7a)-(7b)           full
-laq         laq, b bits         (7a)-(7b)           full
-sgd         none (32 bit)       never skip          minibatch
-qsgd        qsgd, b bits        never skip          minibatch
-ssgd        sparsify, density   never skip          minibatch
-slaq        laq, b bits         (7a)-(7b)           minibatch
-lasg        none (32 bit)       same-sample, (7b)   minibatch
-slaq-wk2    laq, b bits         same-sample, (7b)   minibatch
-==========  ==================  ==================  ===========
+==========  ===============  ===============  ============  ==========
+algorithm   compressor       memory           skip rule     gradients
+==========  ===============  ===============  ============  ==========
+gd          identity         none             never         full
+qgd         grid (b bits)    reference        never         full
+lag         identity         none             innovation    full
+laq         grid (b bits)    reference        innovation    full
+sgd         identity         none             never         minibatch
+qsgd        qsgd (b bits)    none             never         minibatch
+ssgd        sparsify         none             never         minibatch
+slaq        grid (b bits)    reference        innovation    minibatch
+lasg        identity         none             same-sample   minibatch
+slaq-wk2    grid (b bits)    reference        same-sample   minibatch
+ef-signsgd  scaled-sign      error-feedback   never         minibatch
+terngrad    terngrad         none             never         minibatch
+dgc         top-k            error-feedback   never         minibatch
+==========  ===============  ===============  ============  ==========
 
-QSGD (Alistarh et al. 2017) and SSGD (Wangni et al. 2018) are the paper's Table 3 baselines: unbiased
-compressors of the gradient itself, on the same worker and server machinery (see ``compressors.py``).
-
-"same-sample" is LASG-WK2's test: skip when the gradient on this round's minibatch changed little
-between theta_hat_m (the last upload) and theta^k, measured on that same minibatch, so that sampling
-noise does not count as innovation (rule (7a) on minibatch gradients mostly measures noise).
+``bits = 32`` means no quantization: a grid member then runs as its unquantized sibling (identity compressor,
+no memory: QGD as GD, LAQ as LAG), which is what the paper's b = 32 means. ``innovation`` is rule (7a)-(7b);
+``same-sample`` is LASG-WK2's test, which compares gradients on the same minibatch so that sampling noise does
+not count as innovation. A new member is one :func:`register_algorithm` call.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from laq_fl.compressors import LAQ, NONE, QSGD, SPARSIFY, Compressor
-from laq_fl.quantizer import FULL_PRECISION, validate_bits
-from laq_fl.rule import DEFAULT_T_BAR, default_xi
+import numpy as np
+
+from laq_fl.compressors import COMPRESSORS, Compressor, Grid, Identity, ParameterError, build_compressor
+from laq_fl.memory import MEMORIES, Memory, NoMemory, memory_named
+from laq_fl.skip_rules import DEFAULT_T_BAR, RULES, RuleSettings, SkipRule, default_xi, rule_named
+
+FULL_PRECISION = 32
+"""The ``bits`` value that switches quantization off."""
+
+FULL = "full"
+MINIBATCH = "minibatch"
+GRADIENTS = (FULL, MINIBATCH)
 
 
 class ConfigError(ValueError):
@@ -46,41 +58,64 @@ class ConfigError(ValueError):
         self.key = key
 
 
-RULE_NONE = "none"
-RULE_LAQ = "laq"
-RULE_SAME_SAMPLE = "same-sample"
-RULES = (RULE_NONE, RULE_LAQ, RULE_SAME_SAMPLE)
-
-
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """Where one algorithm sits in the family: its compressor, its skip rule, its gradient oracle."""
+    """One member of the family: registry names of its compressor, memory and skip rule, and its gradients."""
 
     name: str
     compressor: str
+    memory: str
     rule: str
-    stochastic: bool
+    gradients: str = FULL
+
+    def __post_init__(self) -> None:
+        for kind, value, registry in (
+            ("compressor", self.compressor, COMPRESSORS), ("memory", self.memory, MEMORIES), ("rule", self.rule, RULES)
+        ):
+            if value not in registry:
+                raise ValueError(f"algorithm {self.name!r}: unknown {kind} {value!r}; registered: {', '.join(registry)}")
+        if self.gradients not in GRADIENTS:
+            raise ValueError(f"algorithm {self.name!r}: gradients must be one of {GRADIENTS}, got {self.gradients!r}")
 
     @property
     def lazy(self) -> bool:
-        return self.rule != RULE_NONE
+        return RULES[self.rule].lazy
+
+    @property
+    def minibatch(self) -> bool:
+        return self.gradients == MINIBATCH
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    spec.name: spec
-    for spec in (
-        AlgorithmSpec("gd", compressor=NONE, rule=RULE_NONE, stochastic=False),
-        AlgorithmSpec("qgd", compressor=LAQ, rule=RULE_NONE, stochastic=False),
-        AlgorithmSpec("lag", compressor=NONE, rule=RULE_LAQ, stochastic=False),
-        AlgorithmSpec("laq", compressor=LAQ, rule=RULE_LAQ, stochastic=False),
-        AlgorithmSpec("sgd", compressor=NONE, rule=RULE_NONE, stochastic=True),
-        AlgorithmSpec("qsgd", compressor=QSGD, rule=RULE_NONE, stochastic=True),
-        AlgorithmSpec("ssgd", compressor=SPARSIFY, rule=RULE_NONE, stochastic=True),
-        AlgorithmSpec("slaq", compressor=LAQ, rule=RULE_LAQ, stochastic=True),
-        AlgorithmSpec("lasg", compressor=NONE, rule=RULE_SAME_SAMPLE, stochastic=True),
-        AlgorithmSpec("slaq-wk2", compressor=LAQ, rule=RULE_SAME_SAMPLE, stochastic=True),
-    )
-}
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
+"""Registry: algorithm name -> its parts."""
+
+
+def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
+    """Add a member of the family (its parts must be registered); raises ``ValueError`` if the name is taken."""
+    existing = ALGORITHMS.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"an algorithm named {spec.name!r} is already registered: {existing}")
+    ALGORITHMS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    AlgorithmSpec("gd", "identity", "none", "never"),
+    AlgorithmSpec("qgd", "grid", "reference", "never"),
+    AlgorithmSpec("lag", "identity", "none", "innovation"),
+    AlgorithmSpec("laq", "grid", "reference", "innovation"),
+    AlgorithmSpec("sgd", "identity", "none", "never", MINIBATCH),
+    AlgorithmSpec("qsgd", "qsgd", "none", "never", MINIBATCH),
+    AlgorithmSpec("ssgd", "sparsify", "none", "never", MINIBATCH),
+    AlgorithmSpec("slaq", "grid", "reference", "innovation", MINIBATCH),
+    AlgorithmSpec("lasg", "identity", "none", "same-sample", MINIBATCH),
+    AlgorithmSpec("slaq-wk2", "grid", "reference", "same-sample", MINIBATCH),
+    AlgorithmSpec("ef-signsgd", "scaled-sign", "error-feedback", "never", MINIBATCH),
+    AlgorithmSpec("terngrad", "terngrad", "none", "never", MINIBATCH),
+    AlgorithmSpec("dgc", "top-k", "error-feedback", "never", MINIBATCH),
+):
+    register_algorithm(_spec)
+
 
 MODELS = ("logistic", "mlp")
 DATASETS = ("mnist", "synthetic")
@@ -110,8 +145,9 @@ def _positive_float(key: str, value: Any, allow_zero: bool = False) -> None:
 class AlgorithmConfig:
     """The optimiser's settings: algorithm, bits b, step size alpha, rule weights xi, t_bar, batch size, density.
 
-    ``xi_warmup`` spreads the weights over the differences that exist in the first D iterations, as the
-    authors' script does (the paper counts the missing ones as zero); see :func:`laq_fl.rule.lazy_threshold`.
+    ``bits`` (1..16, or 32 for none) and ``density`` ((0, 1], the fraction of coordinates sent) go to the
+    compressors that take them. ``xi_warmup`` spreads the weights over the differences that exist in the first D iterations, as the
+    authors' script does (the paper counts the missing ones as zero); see :func:`laq_fl.skip_rules.lazy_threshold`.
     """
 
     algorithm: str = "laq"
@@ -125,10 +161,8 @@ class AlgorithmConfig:
 
     def __post_init__(self) -> None:
         _one_of("algorithm", self.algorithm, list(ALGORITHMS))
-        try:
-            validate_bits(self.bits)
-        except ValueError as exc:
-            raise ConfigError("bits", f"must be in 1..16, or 32 for no quantization; got {self.bits!r}") from exc
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (1 <= self.bits <= 16 or self.bits == 32):
+            raise ConfigError("bits", f"must be in 1..16, or 32 for no quantization; got {self.bits!r}")
         _positive_float("lr", self.lr)
         object.__setattr__(self, "xi", tuple(self.xi))
         if len(self.xi) < 1:
@@ -137,37 +171,50 @@ class AlgorithmConfig:
             _positive_float("xi", weight, allow_zero=True)
         _positive_int("t_bar", self.t_bar)
         _positive_int("batch_size", self.batch_size)
-        if self.spec.compressor == QSGD:
-            try:
-                Compressor(QSGD, self.bits)
-            except ValueError as exc:
-                raise ConfigError("bits", str(exc)) from None
         if not isinstance(self.xi_warmup, bool):
             raise ConfigError("xi_warmup", f"must be true or false, got {self.xi_warmup!r}")
         _positive_float("density", self.density)
         if self.density > 1:
-            raise ConfigError("density", f"is the expected fraction of coordinates sent, in (0, 1]; got {self.density}")
+            raise ConfigError("density", f"is the fraction of coordinates sent, in (0, 1]; got {self.density}")
+        self.compressor()  # the compressor checks its own parameters, reported under the setting's name
 
     @property
     def spec(self) -> AlgorithmSpec:
         return ALGORITHMS[self.algorithm]
 
-    @functools.cached_property
-    def compressor(self) -> Compressor:
-        """What workers do to their gradients before upload (and the server to undo it)."""
-        scheme = self.spec.compressor
-        bits = self.bits if scheme in (LAQ, QSGD) else FULL_PRECISION
-        return Compressor(scheme, bits, self.density if scheme == SPARSIFY else 1.0)
+    @property
+    def quantized(self) -> bool:
+        """False when ``bits = 32`` turns a grid member into its unquantized sibling."""
+        return not (self.spec.compressor == Grid.name and self.bits == FULL_PRECISION)
+
+    def compressor(self, dtype: np.dtype | type | str = np.float32) -> Compressor:
+        """The compressor for a run in ``dtype`` (the identity sends floats of that width)."""
+        return _compressor(self.spec.compressor if self.quantized else Identity.name, self.bits, self.density,
+                           8 * np.dtype(dtype).itemsize)
 
     @property
-    def wire_bits(self) -> int:
-        """Bits per coordinate of the fixed-width uploads: ``bits`` for quantized members, else 32."""
-        return self.compressor.wire_bits
+    def memory(self) -> Memory:
+        return memory_named(self.spec.memory) if self.quantized else NoMemory()
 
     @property
-    def memory(self) -> int:
+    def rule(self) -> SkipRule:
+        return rule_named(self.spec.rule)
+
+    @property
+    def num_differences(self) -> int:
         """D, the number of past parameter differences rule (7a) looks at."""
         return len(self.xi)
+
+    def rule_settings(self, num_workers: int) -> RuleSettings:
+        return RuleSettings(self.xi, self.lr, num_workers, self.xi_warmup, self.t_bar)
+
+
+@functools.lru_cache(maxsize=64)
+def _compressor(name: str, bits: int, density: float, float_bits: int) -> Compressor:
+    try:
+        return build_compressor(name, {"bits": bits, "density": density, "float_bits": float_bits})
+    except ParameterError as error:
+        raise ConfigError(error.parameter, str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from laq_fl.compressors import compression_rng
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.problem import Problem, build_problem
-from laq_fl.server import ServerMemory
-from laq_fl.worker import WorkerMemory, local_round
+from laq_fl.server_state import ServerState
+from laq_fl.worker import WorkerParts, WorkerState, local_round
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class IterationRecord:
     uploads: int
     payload_bits: int
     train_loss: float
-    """``f(theta^k) / M``; for SGD and SLAQ, on the full data only at evaluated iterations (else NaN)."""
+    """``f(theta^k) / M``; for minibatch members, on the full data only at evaluated iterations (else NaN)."""
     minibatch_loss: float
     """Mean of the losses the workers reported on the data they used this iteration."""
     test_loss: float
@@ -58,7 +58,7 @@ class RunResult:
         return int(sum(record.payload_bits for record in self.records))
 
 
-IterationCallback = Callable[[int, ServerMemory, list[WorkerMemory]], None]
+IterationCallback = Callable[[int, ServerState, list[WorkerState]], None]
 
 
 def run_in_process(
@@ -81,12 +81,12 @@ def run_in_process(
         problem = build_problem(problem)
     config = problem.config
     num_workers = len(problem.objectives)
-    stochastic = algorithm.spec.stochastic
-    compressor = algorithm.compressor
-    float_bytes = problem.initial_theta.dtype.itemsize
+    minibatch = algorithm.spec.minibatch
+    dtype = problem.initial_theta.dtype
 
-    server = ServerMemory(problem.initial_theta, algorithm, num_workers)
-    workers = [WorkerMemory.zeros(problem.size, problem.initial_theta.dtype) for _ in range(num_workers)]
+    server = ServerState(problem.initial_theta, algorithm, num_workers)
+    parts = WorkerParts(server.compressor, server.memory, algorithm.rule.worker)
+    workers = [WorkerState.zeros(problem.size, dtype) for _ in range(num_workers)]
     result = RunResult(algorithm=algorithm, problem=config)
 
     for k in range(iterations):
@@ -95,25 +95,25 @@ def run_in_process(
         uploads = 0
         bits_sent = 0
         losses = []
-        for m, (objective, memory) in enumerate(zip(problem.objectives, workers)):
-            batch = (
-                minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if stochastic else None
-            )
-            rng = compression_rng(config.seed, m, k) if compressor.stochastic else None
-            loss, upload = local_round(
-                memory, objective, theta, batch, compressor, algorithm.spec.rule, server.instruction(m), rng
-            )
+        for m, (objective, state) in enumerate(zip(problem.objectives, workers)):
+            instruction = server.instruction(m)
+            if instruction is None:  # the rule's server half does not contact m this round
+                server.skip(m)
+                continue
+            batch = minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if minibatch else None
+            rng = compression_rng(config.seed, m, k) if parts.compressor.needs_rng else None
+            loss, payload = local_round(state, objective, theta, parts, instruction, batch=batch, rng=rng)
             losses.append(loss)
-            if upload is None:
+            if payload is None:
                 server.skip(m)
             else:
-                server.accept(m, upload)
+                server.accept(m, payload)
                 uploads += 1
-                bits_sent += compressor.payload_bits(upload, problem.size, float_bytes)
+                bits_sent += server.payload_bits(payload)
 
         evaluated = evaluate_every > 0 and (k % evaluate_every == 0 or k == iterations - 1)
-        minibatch_loss = float(np.mean(losses))
-        if not stochastic:
+        minibatch_loss = float(np.mean(losses)) if losses else float("nan")
+        if not minibatch:
             train_loss = minibatch_loss
         else:
             train_loss = problem.training_loss(theta) if evaluated else float("nan")

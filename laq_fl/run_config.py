@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
-from laq_fl.rule import default_xi
+from laq_fl.skip_rules import default_xi
 
 DATA_DIR_ENV = "LAQ_FL_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/laq-fl/data"
@@ -166,7 +166,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     )
 
 
-def _xi(total: float, memory: int) -> tuple[float, ...]:
+def _xi(total: float, num_differences: int) -> tuple[float, ...]:
     if total < 0:
         raise ConfigError("xi-sum", f"must be >= 0 (xi_d = xi-sum / D), got {total}")
-    return default_xi(memory, total)
+    return default_xi(num_differences, total)

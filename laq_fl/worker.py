@@ -1,148 +1,170 @@
-"""The worker side of LAQ: its memory and one round of Algorithm 2 (steps 6-13)."""
+"""The worker side of the family: its state and one round of Algorithm 2 (steps 6-13 of Sun et al. 2019).
+
+One round, whatever the member:
+
+1. On ``reset``, restart from ``Q_hat = 0`` (the server lost the last reply).
+2. Form the vector to compress from the gradient and the state (the memory: ``g``, ``g - Q_hat``, ``g + e``).
+3. Compress it, and form the copy ``Q`` the server would rebuild from the payload.
+4. Unless the upload is forced, ask the rule's worker half whether to skip; on a skip nothing changes.
+5. On upload: ``Q_hat <- Q``, remember ``||eps||^2 = ||g - Q||^2`` (and theta_hat for LASG), update the
+   memory's own state, count the version, and send the payload.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from laq_fl.codec import Upload
 from laq_fl.compressors import Compressor
-from laq_fl.config import RULE_SAME_SAMPLE
-from laq_fl.rule import may_skip
+from laq_fl.memory import Memory
+from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
-Q_HAT_KEY = "q-hat"
+COPY_KEY = "copy"
 LAST_ERROR_SQ_KEY = "last-error-sq"
 THETA_HAT_KEY = "theta-hat"
+RESIDUAL_KEY = "residual"
+VERSION_KEY = "version"
 
 
 class GradientOracle(Protocol):
     def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]: ...
 
 
-@dataclass(frozen=True)
-class Instruction:
-    """What the server tells one worker with theta^k.
-
-    ``threshold`` is the shared part of (7a); ``force_upload`` is (7b) or a non-lazy member;
-    ``reset`` asks the worker to restart from ``Q_hat = 0`` because the server lost its last reply.
-    """
-
-    threshold: float
-    force_upload: bool
-    reset: bool = False
-
-
 @dataclass
-class WorkerMemory:
-    """Worker m's state between rounds.
+class WorkerState:
+    """Worker m's state between rounds: plain arrays and scalars, see :meth:`to_arrays`.
 
     Attributes
     ----------
-    q_hat
-        ``Q_m(theta_hat_m)``, the last uploaded quantized gradient; the server holds the same copy.
+    copy
+        ``Q_hat_m``, the worker's last upload as the server rebuilt it (shape ``(p,)``, the run's dtype);
+        the server holds the same copy, bit for bit.
     last_error_sq
-        ``||eps_hat_m||^2``, the squared quantization error of that upload, used by (7a).
+        ``||eps_hat_m||^2``, the squared error ``||g - Q_hat||^2`` of that upload, for (7a).
     theta_hat
-        ``theta_hat_m``, the iterate of the last upload; kept only by the same-sample rule (LASG-WK2).
+        ``theta_hat_m``, the iterate of the last upload; kept only by rules that need it (LASG-WK2).
+    residual
+        The error-feedback residual ``e`` (float64); kept only by memories that need it.
+    version
+        Uploads since the last reset; the server counts the same, so a mismatch shows lost state.
     """
 
-    q_hat: np.ndarray
+    copy: np.ndarray
     last_error_sq: float = 0.0
     theta_hat: np.ndarray | None = None
+    residual: np.ndarray | None = None
+    version: int = field(default=0)
 
     @classmethod
-    def zeros(cls, size: int, dtype: np.dtype | type = np.float32) -> WorkerMemory:
-        """The state before the first upload: ``Q_hat = 0``, ``eps_hat = 0``."""
-        return cls(q_hat=np.zeros(size, dtype), last_error_sq=0.0)
+    def zeros(cls, size: int, dtype: np.dtype | type = np.float32) -> WorkerState:
+        """The state before the first upload: ``Q_hat = 0``, ``eps_hat = 0``, version 0."""
+        return cls(copy=np.zeros(size, dtype))
 
     def reset(self) -> None:
-        """Forget the last upload, as the server does for a worker whose upload it lost."""
-        self.q_hat = np.zeros_like(self.q_hat)
+        """Forget everything since the last reset, as the server does for a worker whose reply it lost."""
+        self.copy = np.zeros_like(self.copy)
         self.last_error_sq = 0.0
         self.theta_hat = None
+        self.residual = None
+        self.version = 0
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays, for ``context.state`` or a checkpoint (one copy of ``Q_hat``)."""
-        arrays = {Q_HAT_KEY: self.q_hat, LAST_ERROR_SQ_KEY: np.asarray(self.last_error_sq, np.float64)}
+        """Plain numpy arrays, for ``context.state`` or a checkpoint; absent keys are ``None`` fields."""
+        arrays = {
+            COPY_KEY: self.copy,
+            LAST_ERROR_SQ_KEY: np.asarray(self.last_error_sq, np.float64),
+            VERSION_KEY: np.asarray(self.version, np.int64),
+        }
         if self.theta_hat is not None:
             arrays[THETA_HAT_KEY] = self.theta_hat
+        if self.residual is not None:
+            arrays[RESIDUAL_KEY] = self.residual
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> WorkerMemory:
-        theta_hat = arrays.get(THETA_HAT_KEY)
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> WorkerState:
+        """Inverse of :meth:`to_arrays`."""
+        optional = {key: None if arrays.get(key) is None else np.asarray(arrays[key]) for key in (THETA_HAT_KEY, RESIDUAL_KEY)}
         return cls(
-            q_hat=np.asarray(arrays[Q_HAT_KEY]),
+            copy=np.asarray(arrays[COPY_KEY]),
             last_error_sq=float(arrays[LAST_ERROR_SQ_KEY]),
-            theta_hat=None if theta_hat is None else np.asarray(theta_hat),
+            theta_hat=optional[THETA_HAT_KEY],
+            residual=optional[RESIDUAL_KEY],
+            version=int(arrays[VERSION_KEY]),
         )
 
 
+@dataclass(frozen=True)
+class WorkerParts:
+    """What a worker runs: the compressor, the memory and the rule's worker half."""
+
+    compressor: Compressor
+    memory: Memory
+    rule: WorkerHalf
+
+
 def worker_round(
-    memory: WorkerMemory,
+    state: WorkerState,
     grad: np.ndarray,
-    compressor: Compressor,
+    parts: WorkerParts,
     instruction: Instruction,
     same_sample_change: float | None = None,
     rng: np.random.Generator | None = None,
-) -> Upload | None:
-    """Quantize the innovation (5)-(6), apply the skip rule, and return the upload or ``None`` for a skip.
+) -> bytes | None:
+    """Steps 1-5 above for a gradient of shape ``(p,)``; returns the payload, or ``None`` for a skip.
 
-    ``compressor`` is LAQ's quantizer (``Compressor("laq", b)``) or a baseline's; the random ones
-    (QSGD, sparsification) draw from ``rng``.
-
-    The rule is (7a) unless ``same_sample_change`` is given: then the worker skips when
-    ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2`` (that value) is at most the threshold
-    (LASG-WK2). (7b) and non-lazy members arrive as ``instruction.force_upload``.
-    On upload the memory moves to the new ``Q`` and its error; on a skip it is unchanged,
-    just as the server keeps its stale copy.
+    ``same_sample_change`` is the evidence of rules that need it; ``rng`` feeds random compressors.
+    Raises :class:`~laq_fl.compressors.NonFiniteError` (changing nothing) for a NaN or inf gradient.
     """
     if instruction.reset:
-        memory.reset()
-    quantization = compressor.compress(grad, memory.q_hat, rng)
-    error_sq = quantization.error_sq
+        state.reset()
+    gradient = np.asarray(grad).astype(np.float64)
+    target = parts.memory.compensate(gradient, state)
+    compressed = parts.compressor.compress(target, rng)
+    new_copy = parts.memory.reconstruct(state.copy, compressed.value, state.copy.dtype)
+    error = gradient - new_copy
+    error_sq = float(np.dot(error, error))
     if not instruction.force_upload:
-        if same_sample_change is not None:
-            skip = same_sample_change <= instruction.threshold
-        else:
-            innovation = quantization.value.astype(np.float64)
-            innovation -= memory.q_hat
-            skip = may_skip(float(np.dot(innovation, innovation)), instruction.threshold, error_sq, memory.last_error_sq)
-        if skip:
+        innovation = new_copy - state.copy.astype(np.float64)
+        evidence = Evidence(float(np.dot(innovation, innovation)), error_sq, state.last_error_sq, same_sample_change)
+        if parts.rule.skip(evidence, instruction.threshold):
             return None
-    memory.q_hat = quantization.value
-    memory.last_error_sq = error_sq
-    return compressor.encode(quantization)
+    parts.memory.update(state, target, new_copy)
+    state.copy = new_copy
+    state.last_error_sq = error_sq
+    state.version += 1
+    return compressed.payload
 
 
 def local_round(
-    memory: WorkerMemory,
+    state: WorkerState,
     objective: GradientOracle,
     theta: np.ndarray,
-    batch: np.ndarray | None,
-    compressor: Compressor,
-    rule: str,
+    parts: WorkerParts,
     instruction: Instruction,
+    *,
+    batch: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
-) -> tuple[float, Upload | None]:
-    """One worker's round: the gradient at theta^k (on ``batch`` for SGD-type members), then :func:`worker_round`.
+) -> tuple[float, bytes | None]:
+    """One worker's round: the gradient at theta^k (on ``batch`` for minibatch members), then :func:`worker_round`.
 
-    For the same-sample rule the worker also evaluates the gradient at ``theta_hat_m`` on the same
-    minibatch (twice the compute), and remembers theta^k when it uploads. Returns ``f_m(theta^k)``
-    (on the batch) and the upload or ``None``.
+    A rule that needs the same-sample evidence costs a second gradient, at ``theta_hat_m`` on the same
+    minibatch, and keeps theta^k when the worker uploads. Returns ``f_m(theta^k)`` (on the batch) and the
+    payload or ``None``.
     """
     loss, grad = objective.loss_and_gradient(theta, batch)
+    same_sample = parts.rule.needs_same_sample
     change = None
-    if rule == RULE_SAME_SAMPLE and not instruction.force_upload:
-        if memory.theta_hat is None:  # nothing to compare with: upload
+    if same_sample and not instruction.force_upload:
+        if state.theta_hat is None:  # nothing to compare with: upload
             change = float("inf")
         else:
-            _, stale = objective.loss_and_gradient(memory.theta_hat, batch)
+            _, stale = objective.loss_and_gradient(state.theta_hat, batch)
             stale -= grad
             change = float(np.dot(stale.astype(np.float64), stale))
-    upload = worker_round(memory, grad, compressor, instruction, same_sample_change=change, rng=rng)
-    if upload is not None and rule == RULE_SAME_SAMPLE:
-        memory.theta_hat = np.array(theta, copy=True)
-    return loss, upload
+    payload = worker_round(state, grad, parts, instruction, same_sample_change=change, rng=rng)
+    if payload is not None and same_sample:
+        state.theta_hat = np.array(theta, copy=True)
+    return loss, payload

@@ -1,4 +1,4 @@
-"""Throughput of the quantizer (eq. 5-6) and the wire codec for p = 159,010 (the MLP).
+"""Throughput of LAQ's grid quantizer (eq. 5-6), its decoding, and the bit packing for p = 159,010 (the MLP).
 
     python scripts/bench_codec.py
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from experiments import machine
 from laq_fl.codec import pack_levels, unpack_levels
-from laq_fl.quantizer import dequantize, quantize_innovation
+from laq_fl.compressors import Grid
 
 
 def best_ms(call, number: int = 20, repeat: int = 5) -> float:
@@ -32,23 +32,26 @@ def main() -> None:
     grad = rng.normal(size=args.size).astype(np.float32)
     q_hat = (grad + 0.1 * rng.normal(size=args.size)).astype(np.float32)
     rows = []
+    innovation = grad.astype(np.float64) - q_hat
     for bits in args.bits:
-        quantization = quantize_innovation(grad, q_hat, bits)
-        data = pack_levels(quantization.levels, bits)
+        grid = Grid(bits=bits)
+        payload = grid.compress(innovation).payload
+        data = payload[4:]
+        levels = unpack_levels(data, bits, args.size)
         row = {
             "bits": bits,
-            "quantize_ms": best_ms(lambda: quantize_innovation(grad, q_hat, bits)),
-            "dequantize_ms": best_ms(lambda: dequantize(q_hat, quantization.levels, quantization.radius, bits)),
-            "pack_ms": best_ms(lambda: pack_levels(quantization.levels, bits)),
+            "quantize_ms": best_ms(lambda: grid.compress(innovation)),  # quantize and pack
+            "dequantize_ms": best_ms(lambda: grid.decompress(payload, args.size)),  # unpack and dequantize
+            "pack_ms": best_ms(lambda: pack_levels(levels, bits)),
             "unpack_ms": best_ms(lambda: unpack_levels(data, bits, args.size)),
-            "payload_bytes": len(data) + 4,
+            "payload_bytes": len(payload),
         }
         rows.append(row)
     if args.json:
         print(json.dumps({"size": args.size, "machine": machine(), "rows": rows}, indent=2))
         return
     print(f"p = {args.size:,}; {machine()}")
-    print("| bits | quantize ms | dequantize ms | pack ms | unpack ms | pack Mcoord/s | unpack Mcoord/s | payload bytes |")
+    print("| bits | compress ms | decompress ms | pack ms | unpack ms | pack Mcoord/s | unpack Mcoord/s | payload bytes |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['bits']} | {row['quantize_ms']:.2f} | {row['dequantize_ms']:.2f} | {row['pack_ms']:.3f} | {row['unpack_ms']:.3f} | "

@@ -15,10 +15,9 @@ import tracemalloc
 import numpy as np
 
 from experiments import machine
-from laq_fl.codec import encode_upload
+from laq_fl.compressors import Grid
 from laq_fl.config import AlgorithmConfig
-from laq_fl.quantizer import quantize_innovation
-from laq_fl.server import ServerMemory
+from laq_fl.server_state import ServerState
 
 SIZES = {"logistic": 7_850, "mlp": 159_010}
 
@@ -26,12 +25,12 @@ SIZES = {"logistic": 7_850, "mlp": 159_010}
 def peak_bytes(clients: int, size: int, bits: int) -> int:
     rng = np.random.default_rng(0)
     grad = rng.normal(size=size).astype(np.float32)
-    upload = encode_upload(quantize_innovation(grad, np.zeros(size, np.float32), bits), bits)
+    payload = Grid(bits=bits).compress(grad).payload
     tracemalloc.start()
     tracemalloc.reset_peak()
-    server = ServerMemory(np.zeros(size, np.float32), AlgorithmConfig(algorithm="laq", bits=bits), clients)
+    server = ServerState(np.zeros(size, np.float32), AlgorithmConfig(algorithm="laq", bits=bits), clients)
     for client in range(clients):
-        server.accept(client, upload)
+        server.accept(client, payload)
     server.step()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

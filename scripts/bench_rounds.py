@@ -28,20 +28,21 @@ from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.flower.local_run import flwr_run, free_port, private_env, start_superlink, stop_processes
 from laq_fl.problem import build_problem
-from laq_fl.quantizer import quantize_innovation
+from laq_fl.compressors import Grid
 
 
 def bare_loop(clients: int, rounds: int, data_dir: str) -> list[float]:
     problem = build_problem(ProblemConfig(data_dir=data_dir, num_workers=clients))
     theta = problem.initial_theta.copy()
     copies = [np.zeros_like(theta) for _ in range(clients)]
+    grid = Grid(bits=4)
     seconds = []
     for _ in range(rounds):
         started = time.perf_counter()
         total = np.zeros(theta.shape, np.float64)
         for m, objective in enumerate(problem.objectives):
             _, grad = objective.loss_and_gradient(theta)
-            copies[m] = quantize_innovation(grad, copies[m], 4).value
+            copies[m] = (copies[m] + grid.compress(grad - copies[m]).value).astype(np.float32)  # eq. (5)-(6)
             total += copies[m]
         theta = (theta - 0.02 * total).astype(np.float32)
         seconds.append(time.perf_counter() - started)

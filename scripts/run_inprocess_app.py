@@ -15,7 +15,7 @@ from flwr.app import Context, RecordDict
 
 from client_app import app as client_app
 from laq_fl.flower import InProcessGrid, run_server
-from laq_fl.flower.server import results_path
+from laq_fl.flower.serverapp import results_path
 from laq_fl.run_config import parse_run_config
 from summarize_runs import summarize
 

@@ -1,23 +1,11 @@
-"""The wire codec: exact sizes, round trips, and rejection of malformed payloads."""
+"""Bit packing: exact sizes, round trips, and the wire layout pinned byte for byte."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from laq_fl.codec import (
-    PayloadError,
-    Upload,
-    decode_upload,
-    encode_upload,
-    pack_levels,
-    packed_size,
-    payload_bits,
-    unpack_levels,
-)
-from laq_fl.config import AlgorithmConfig
-from laq_fl.quantizer import quantize_innovation
-from laq_fl.server import ServerMemory
+from laq_fl.codec import PayloadError, pack_levels, packed_size, unpack_levels, validate_bits
 
 LENGTHS = [1, 7, 8, 9, 7850, 159010]
 
@@ -35,15 +23,33 @@ def test_round_trip_and_exact_size(bits: int, count: int) -> None:
     np.testing.assert_array_equal(back, levels)
 
 
-def test_bit_layout_is_big_endian_msb_first() -> None:
+def bit_string_reference(levels: list[int], bits: int) -> bytes:
+    """The layout written out by hand: each level as ``bits`` binary digits, most significant first, concatenated,
+    zero-padded on the right to whole bytes. Independent of numpy's bit routines."""
+    digits = "".join(format(level, f"0{bits}b") for level in levels)
+    digits += "0" * (-len(digits) % 8)
+    return bytes(int(digits[i : i + 8], 2) for i in range(0, len(digits), 8))
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_wire_bytes_pinned_for_every_width(bits: int) -> None:
+    top = 2**bits - 1
+    # Asymmetric patterns: a reversed bit order or a swapped byte order changes the bytes.
+    levels = [1, top, 0, top >> 1, (0b1011 * 2**bits // 16) & top, 2 % (top + 1), top - 1 if top > 1 else 0]
+    assert pack_levels(np.array(levels, np.uint16 if bits > 8 else np.uint8), bits) == bit_string_reference(levels, bits)
+    np.testing.assert_array_equal(unpack_levels(bit_string_reference(levels, bits), bits, len(levels)), levels)
+
+
+def test_hand_derived_layouts() -> None:
     # levels 1, 2, 3 at 3 bits -> 001 010 011 + 7 zero bits of padding
     assert pack_levels(np.array([1, 2, 3], np.uint8), 3) == bytes([0b00101001, 0b10000000])
-
-
-def test_payload_bits_counts_radius() -> None:
-    assert payload_bits(4, 7850) == 32 + 4 * 7850
-    assert payload_bits(32, 7850) == 32 * 7850
-    assert payload_bits(32, 10, float_bytes=8) == 640
+    # 16 bits: big-endian uint16; 12 bits: 0xABC, 0x123 -> AB C1 23
+    assert pack_levels(np.array([0x1234, 0xFFFE], np.uint16), 16) == b"\x12\x34\xff\xfe"
+    assert pack_levels(np.array([0xABC, 0x123], np.uint16), 12) == b"\xab\xc1\x23"
+    # 1 bit: 1,0,1,1,0,0,0,0,1 -> 10110000 1(0000000)
+    assert pack_levels(np.array([1, 0, 1, 1, 0, 0, 0, 0, 1], np.uint8), 1) == b"\xb0\x80"
+    # 9 bits: 0x1FF, 0x001 -> 11111111 1 000000001 (000000)
+    assert pack_levels(np.array([0x1FF, 0x001], np.uint16), 9) == bytes([0xFF, 0x80, 0x40])
 
 
 def test_pack_rejects_out_of_range_levels() -> None:
@@ -51,75 +57,13 @@ def test_pack_rejects_out_of_range_levels() -> None:
         pack_levels(np.array([0, 8], np.uint8), 3)
 
 
-@pytest.mark.parametrize("bits", [3, 8, 12])
-def test_encode_decode_upload(bits: int) -> None:
-    rng = np.random.default_rng(bits)
-    grad = rng.normal(size=1000).astype(np.float32)
-    quantization = quantize_innovation(grad, np.zeros_like(grad), bits)
-    upload = encode_upload(quantization, bits)
-    assert len(upload.data) * 8 + 32 - payload_bits(bits, 1000) in range(8)
-    np.testing.assert_array_equal(decode_upload(upload.data, upload.radius, bits, 1000), quantization.levels)
-
-
-def test_full_precision_upload_is_raw_floats() -> None:
-    grad = np.arange(5, dtype=np.float32)
-    upload = encode_upload(quantize_innovation(grad, np.zeros_like(grad), 32), 32)
-    assert len(upload.data) == 20
-    np.testing.assert_array_equal(decode_upload(upload.data, 0.0, 32, 5), grad)
-
-
-GOOD_LEVELS = pack_levels(np.arange(100, dtype=np.uint8) % 8, 3)
-
-
-@pytest.mark.parametrize(
-    ("data", "radius", "match"),
-    [
-        (GOOD_LEVELS[:-1], 1.0, "bytes"),
-        (GOOD_LEVELS + b"\x00", 1.0, "bytes"),
-        (b"", 1.0, "bytes"),
-        (np.frombuffer(GOOD_LEVELS, np.uint8).astype(np.float32), 1.0, "uint8"),
-        (np.frombuffer(GOOD_LEVELS, np.uint8).astype(np.int16), 1.0, "uint8"),
-        ([1, 2, 3], 1.0, "bytes"),
-        (GOOD_LEVELS, float("nan"), "radius"),
-        (GOOD_LEVELS, float("inf"), "radius"),
-        (GOOD_LEVELS, -1.0, "radius"),
-        (GOOD_LEVELS, 1e39, "float32"),
-        (GOOD_LEVELS, "1.0", "radius"),
-        (GOOD_LEVELS, None, "radius"),
-    ],
-)
-def test_malformed_payload_rejected(data: object, radius: object, match: str) -> None:
-    with pytest.raises(PayloadError, match=match):
-        decode_upload(data, radius, 3, 100)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "upload",
-    [
-        Upload(data=b"\x00" * 3, radius=1.0),
-        Upload(data=b"\x00" * 5, radius=float("nan")),
-        Upload(data=b"\x00" * 5, radius=-2.0),
-    ],
-)
-def test_malformed_upload_leaves_server_state_untouched(upload: Upload) -> None:
-    config = AlgorithmConfig(algorithm="laq", bits=4, xi=(0.1,))
-    server = ServerMemory(np.zeros(10, np.float32), config, num_workers=2)
-    good = quantize_innovation(np.ones(10, np.float32), np.zeros(10, np.float32), 4)
-    server.accept("a", encode_upload(good, 4))
-    before = (server.aggregate.copy(), {k: v.copy() for k, v in server.copies.items()}, dict(server.skip_clocks))
+@pytest.mark.parametrize("data", [b"\x00" * 37, b"\x00" * 39, b"", [1, 2, 3], np.zeros(38, np.float32), np.zeros(38, np.int16)])
+def test_unpack_rejects_wrong_sizes_and_types(data: object) -> None:
     with pytest.raises(PayloadError):
-        server.accept("a", upload)
-    with pytest.raises(PayloadError):
-        server.accept("b", upload)
-    np.testing.assert_array_equal(server.aggregate, before[0])
-    assert server.copies.keys() == before[1].keys()
-    np.testing.assert_array_equal(server.copies["a"], before[1]["a"])
-    assert server.skip_clocks == before[2]
+        unpack_levels(data, 3, 100)  # type: ignore[arg-type]
 
 
-def test_full_precision_rejects_non_finite() -> None:
-    data = np.array([1.0, np.nan], np.float32).tobytes()
-    with pytest.raises(PayloadError, match="NaN"):
-        decode_upload(data, 0.0, 32, 2)
-    with pytest.raises(PayloadError, match="bytes"):
-        decode_upload(data[:-1], 0.0, 32, 2)
+@pytest.mark.parametrize("bits", [0, 17, 32, -1, 4.0, True, "4"])
+def test_invalid_widths_rejected(bits: object) -> None:
+    with pytest.raises(ValueError, match="bits"):
+        validate_bits(bits)  # type: ignore[arg-type]

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from laq_fl.config import AlgorithmConfig, ProblemConfig
+from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.driver import run_in_process
 from laq_fl.models import build_module
 from laq_fl.problem import Problem, build_problem
-from laq_fl.server import ServerMemory
-from laq_fl.worker import WorkerMemory
+from laq_fl.server_state import ServerState
+from laq_fl.worker import WorkerState
 
 SYNTHETIC = ProblemConfig(dataset="synthetic", num_workers=4, partition="iid")
 
@@ -88,22 +88,28 @@ def test_switches_change_the_run(synthetic_problem: Problem) -> None:
     assert lag.total_uploads < gd.total_uploads
 
 
-@pytest.mark.parametrize("algorithm", ["laq", "lag", "slaq", "slaq-wk2", "lasg"])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, algorithm: str) -> None:
     checked = []
+    final_versions: dict[int, int] = {}
 
-    def check(k: int, server: ServerMemory, workers: list[WorkerMemory]) -> None:
+    def check(k: int, server: ServerState, workers: list[WorkerState]) -> None:
         copies = np.sum([server.copies[m].astype(np.float64) for m in range(len(workers))], axis=0)
         np.testing.assert_allclose(server.aggregate, copies, rtol=1e-12, atol=1e-12)
         for m, worker in enumerate(workers):
-            # Server and worker hold the very same Q_m(theta_hat_m), bit for bit.
-            np.testing.assert_array_equal(server.copies[m], worker.q_hat)
+            # Server and worker hold the very same Q_m(theta_hat_m), bit for bit, and count the same uploads.
+            np.testing.assert_array_equal(server.copies[m], worker.copy)
+            assert server.versions[m] == worker.version
+        final_versions.update(server.versions)
         checked.append(k)
 
-    config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.02, batch_size=100)
+    # t_bar = 5 makes lazy workers re-upload, so the invariant is checked on copies that moved, not only on round 0's.
+    config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.02, batch_size=100, t_bar=5, density=0.2)
     result = run_in_process(config, synthetic_problem, 40, on_iteration=check)
     assert checked == list(range(40))
-    assert 0 < result.total_uploads < 40 * 4  # some skips, so the invariant was tested on stale copies
+    assert all(version >= 3 for version in final_versions.values())  # every worker re-uploaded after round 0
+    if config.spec.lazy:
+        assert result.total_uploads < 40 * 4  # some skips, so the invariant was tested on stale copies
 
 
 def test_stochastic_runs_are_reproducible(synthetic_problem: Problem) -> None:

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 
-from laq_fl.codec import payload_bits
-from laq_fl.compressors import Compressor
-from laq_fl.flower.client import MEMORY_RECORD, handle_train, load_memory
+from laq_fl.config import AlgorithmConfig
+from laq_fl.flower.client import MEMORY_RECORD, handle_train, load_state
 from laq_fl.flower.messages import array_to_numpy, read_train_reply, train_content
 from laq_fl.flower.wire import downlink_bytes, uplink_bytes
 from laq_fl.models import FlatModel
-from laq_fl.worker import Instruction
+from laq_fl.skip_rules import Instruction
 
 RUN_CONFIG = {"dataset": "synthetic", "num-clients": 3, "bits": 4, "data-dir": "/nonexistent-data-dir"}
 
@@ -26,8 +25,9 @@ def make_context(partition: int = 1) -> Context:
     )
 
 
-def train_message(theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4) -> Message:
-    content = train_content(ArrayRecord([theta]), iteration, Compressor("laq", bits), 0, "laq", instruction)
+def train_message(theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4, algorithm: str = "laq") -> Message:
+    config = AlgorithmConfig(algorithm=algorithm, bits=bits)
+    content = train_content(ArrayRecord([theta]), iteration, config.compressor(), config.memory.name, config.spec.rule, 0, instruction)
     message = Message(content, 77, MessageType.TRAIN)
     message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return message
@@ -44,16 +44,17 @@ def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.nd
     parsed = read_train_reply(first)
     assert parsed.partition_id == 1 and parsed.payload is not None
     assert len(parsed.payload) == 4 + (4 * theta.size + 7) // 8
-    q_hat = load_memory(context, theta.size, np.float32).q_hat
+    q_hat = load_state(context, theta.size, np.float32).copy
     assert q_hat.dtype == np.float32 and q_hat.shape == theta.shape and np.any(q_hat)
     stored = context.state.config_records[MEMORY_RECORD]
-    assert sum(len(value) for value in stored.values()) <= 4 * theta.size + 8  # one float32 copy of Q_hat
+    assert sum(len(value) for value in stored.values()) <= 4 * theta.size + 16  # one float32 copy of Q_hat, two scalars
+    assert load_state(context, theta.size, np.float32).version == 1
 
     # Same theta, generous threshold: the innovation is tiny, so the worker skips and keeps its memory.
     second = handle_train(train_message(theta, 1, Instruction(1e9, force_upload=False)), context)
     assert read_train_reply(second).payload is None
     assert not second.content.array_records and "upload" not in second.content.config_records
-    np.testing.assert_array_equal(load_memory(context, theta.size, np.float32).q_hat, q_hat)
+    np.testing.assert_array_equal(load_state(context, theta.size, np.float32).copy, q_hat)
 
 
 def test_a_skip_costs_little_more_than_an_empty_reply(task_identity, theta: np.ndarray) -> None:
@@ -88,9 +89,28 @@ def test_uplink_bytes_are_payload_plus_bounded_envelope(task_identity, bits: int
     theta = FlatModel.named(model).initial_parameters("glorot", seed=0)
     reply = handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True), bits), context)
     measured = uplink_bytes(reply)
-    payload = payload_bits(bits, theta.size) / 8
+    payload = len(read_train_reply(reply).payload)
+    assert payload == (4 * theta.size if bits == 32 else 4 + (bits * theta.size + 7) // 8)
     assert payload < measured < payload + 2048  # envelope: ids, record headers, object tree
     assert downlink_bytes(train_message(theta, 0, Instruction(0.0, True), bits)) > 4 * theta.size
+
+
+def test_error_feedback_state_persists_in_context(task_identity, theta: np.ndarray) -> None:
+    context = make_context()
+    context.run_config = {**RUN_CONFIG, "algorithm": "ef-signsgd"}
+    for k in range(2):
+        handle_train(train_message(theta, k, Instruction(0.0, force_upload=True), algorithm="ef-signsgd"), context)
+    state = load_state(context, theta.size, np.float32)
+    assert state.version == 2 and state.residual is not None and state.residual.dtype == np.float64 and np.any(state.residual)
+
+
+def test_a_nan_gradient_is_refused_with_an_error_that_names_it(task_identity, theta: np.ndarray) -> None:
+    context = make_context()
+    poisoned = theta.copy()
+    poisoned[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        handle_train(train_message(poisoned, 0, Instruction(0.0, force_upload=True)), context)
+    assert MEMORY_RECORD not in context.state.config_records  # nothing stored
 
 
 def test_partition_outside_run_config_is_an_error(task_identity, theta: np.ndarray) -> None:

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from laq_fl.codec import encode_upload, upload_to_bytes
-from laq_fl.compressors import Compressor
+from flwr.app import ArrayRecord
+
+from laq_fl.compressors import Grid, Identity
 from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.messages import read_train_request, reply_content
-from laq_fl.flower.strategy import LaqStrategy, SlaqStrategy, make_strategy
-from laq_fl.quantizer import quantize_innovation
+from laq_fl.flower.strategy import LaqStrategy
+from laq_fl.flower.wire import WireMeter
 
 SIZE = 6
 NODES = [101, 202, 303]
@@ -27,8 +28,14 @@ class FakeGrid:
         return list(self.nodes)
 
 
+def quantized(grad: np.ndarray, q_hat: np.ndarray, bits: int = 4) -> np.ndarray:
+    """Q = Q_hat + Q(g - Q_hat), eq. (5)-(6), as the worker forms it."""
+    return (q_hat + Grid(bits).compress(grad.astype(np.float64) - q_hat).value).astype(np.float32)
+
+
 def configure(strategy: LaqStrategy, server_round: int, grid: FakeGrid | None = None) -> dict[int, Message]:
-    messages = list(strategy.configure_train(server_round, None, ConfigRecord(), grid or FakeGrid()))  # type: ignore[arg-type]
+    theta0 = ArrayRecord([np.zeros(SIZE, np.float32)])
+    messages = list(strategy.configure_train(server_round, theta0, ConfigRecord(), grid or FakeGrid()))  # type: ignore[arg-type]
     for message in messages:  # what a Grid does when it pushes
         message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return {message.metadata.dst_node_id: message for message in messages}
@@ -37,7 +44,7 @@ def configure(strategy: LaqStrategy, server_round: int, grid: FakeGrid | None = 
 def reply(to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarray, bits: int = 4, loss: float = 1.0) -> Message:
     payload = None
     if grad is not None:
-        payload = upload_to_bytes(encode_upload(quantize_innovation(grad, q_hat, bits), bits), bits)
+        payload = Grid(bits).compress(grad.astype(np.float64) - q_hat).payload
     message = Message(reply_content(partition, loss, payload), reply_to=to)
     message.metadata.__dict__["_src_node_id"] = to.metadata.dst_node_id
     return message
@@ -45,7 +52,7 @@ def reply(to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarra
 
 @pytest.fixture
 def strategy(task_identity) -> LaqStrategy:
-    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), np.zeros(SIZE, np.float32), 3)
+    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3)
 
 
 def grads(seed: int) -> list[np.ndarray]:
@@ -57,8 +64,8 @@ def test_first_round_forces_everyone_and_uploads_update_theta(strategy: LaqStrat
     sent = configure(strategy, 1)
     for message in sent.values():
         request = read_train_request(message)
-        assert request.instruction.force_upload and not request.instruction.reset
-        assert request.iteration == 0 and request.compressor == Compressor("laq", 4) and request.batch_size == 0
+        assert request.instruction.force_upload and request.instruction.reset  # no copy yet: upload from zero
+        assert request.iteration == 0 and request.parts.compressor == Grid(4) and request.batch_size == 0
         np.testing.assert_array_equal(request.theta, np.zeros(SIZE))
     g = grads(0)
     zeros = np.zeros(SIZE, np.float32)
@@ -66,8 +73,8 @@ def test_first_round_forces_everyone_and_uploads_update_theta(strategy: LaqStrat
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert metrics["uploads"] == 3 and metrics["skips"] == 0 and metrics["rejected"] == 0
     assert metrics["payload-bits"] == 3 * (32 + 4 * SIZE)
-    expected_aggregate = sum(quantize_innovation(gi, zeros, 4).value.astype(np.float64) for gi in g)
-    np.testing.assert_allclose(strategy.memory.aggregate, expected_aggregate)
+    expected_aggregate = sum(quantized(gi, zeros).astype(np.float64) for gi in g)
+    np.testing.assert_allclose(strategy.state.aggregate, expected_aggregate)
     (theta,) = arrays.to_numpy_ndarrays()
     np.testing.assert_allclose(theta, -0.1 * expected_aggregate, rtol=1e-6)
 
@@ -77,7 +84,7 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     zeros = np.zeros(SIZE, np.float32)
     g = grads(1)
     strategy.aggregate_train(1, [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)])
-    copies_before = {node: copy.copy() for node, copy in strategy.memory.copies.items()}
+    copies_before = {node: copy.copy() for node, copy in strategy.state.copies.items()}
 
     sent = configure(strategy, 2)
     assert not any(read_train_request(m).instruction.force_upload for m in sent.values())
@@ -87,14 +94,14 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     error = Message(Error(code=2, reason="boom"), reply_to=sent[NODES[2]])
     arrays, metrics = strategy.aggregate_train(2, [skip, error, upload])
     assert (metrics["uploads"], metrics["skips"], metrics["rejected"]) == (1, 1, 1)
-    expected_new = quantize_innovation(fresh[0], copies_before[NODES[0]], 4).value
-    np.testing.assert_array_equal(strategy.memory.copies[NODES[0]], expected_new)
-    np.testing.assert_array_equal(strategy.memory.copies[NODES[1]], copies_before[NODES[1]])
-    np.testing.assert_array_equal(strategy.memory.copies[NODES[2]], copies_before[NODES[2]])  # stale copy kept
+    expected_new = quantized(fresh[0], copies_before[NODES[0]])
+    np.testing.assert_array_equal(strategy.state.copies[NODES[0]], expected_new)
+    np.testing.assert_array_equal(strategy.state.copies[NODES[1]], copies_before[NODES[1]])
+    np.testing.assert_array_equal(strategy.state.copies[NODES[2]], copies_before[NODES[2]])  # stale copy kept
     np.testing.assert_allclose(
-        strategy.memory.aggregate, sum(c.astype(np.float64) for c in strategy.memory.copies.values()), atol=1e-12
+        strategy.state.aggregate, sum(c.astype(np.float64) for c in strategy.state.copies.values()), atol=1e-12
     )
-    assert strategy.memory.skip_clocks[NODES[1]] == 1
+    assert strategy.state.skip_clocks[NODES[1]] == 1
 
     # The node whose reply failed is asked to resync: forced upload with reset, decoded against zero.
     sent = configure(strategy, 3)
@@ -103,9 +110,9 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     assert not read_train_request(sent[NODES[1]]).instruction.reset
     resync = reply(sent[NODES[2]], 2, fresh[2], zeros)
     strategy.aggregate_train(3, [resync])
-    np.testing.assert_array_equal(strategy.memory.copies[NODES[2]], quantize_innovation(fresh[2], zeros, 4).value)
-    assert NODES[2] not in strategy.memory.out_of_sync
-    assert strategy.memory.out_of_sync == {NODES[0], NODES[1]}  # they did not reply in round 3
+    np.testing.assert_array_equal(strategy.state.copies[NODES[2]], quantized(fresh[2], zeros))
+    assert NODES[2] not in strategy.state.out_of_sync
+    assert strategy.state.out_of_sync == {NODES[0], NODES[1]}  # they did not reply in round 3
 
 
 @pytest.mark.parametrize(
@@ -126,8 +133,8 @@ def test_malformed_reply_is_rejected_and_state_kept(strategy: LaqStrategy, conte
     bad = Message(content, reply_to=sent[NODES[0]])
     _, metrics = strategy.aggregate_train(1, [bad, *good])
     assert metrics["rejected"] == 1 and metrics["uploads"] == 2
-    assert NODES[0] not in strategy.memory.copies and NODES[0] in strategy.memory.out_of_sync
-    np.testing.assert_allclose(strategy.memory.aggregate, sum(c.astype(np.float64) for c in strategy.memory.copies.values()))
+    assert NODES[0] not in strategy.state.copies and NODES[0] in strategy.state.out_of_sync
+    np.testing.assert_allclose(strategy.state.aggregate, sum(c.astype(np.float64) for c in strategy.state.copies.values()))
 
 
 def test_missing_and_foreign_replies(strategy: LaqStrategy) -> None:
@@ -138,18 +145,27 @@ def test_missing_and_foreign_replies(strategy: LaqStrategy) -> None:
     duplicate = reply(sent[NODES[0]], 0, g[1], zeros)
     _, metrics = strategy.aggregate_train(1, [first, duplicate])
     assert metrics["uploads"] == 1 and metrics["rejected"] == 2  # two nodes never replied
-    np.testing.assert_array_equal(strategy.memory.copies[NODES[0]], quantize_innovation(g[0], zeros, 4).value)
+    np.testing.assert_array_equal(strategy.state.copies[NODES[0]], quantized(g[0], zeros))
 
 
-def test_strategy_classes_follow_the_algorithm(task_identity) -> None:
-    theta = np.zeros(SIZE, np.float32)
-    assert type(make_strategy(AlgorithmConfig(algorithm="lag"), theta, 2)) is LaqStrategy
-    slaq = make_strategy(AlgorithmConfig(algorithm="slaq", batch_size=32), theta, 2)
-    assert type(slaq) is SlaqStrategy and slaq.batch_size == 32
-    with pytest.raises(ValueError, match="SlaqStrategy"):
-        LaqStrategy(AlgorithmConfig(algorithm="sgd"), theta, 2)
-    sent = configure(slaq, 1)
-    assert all(read_train_request(m).batch_size == 32 for m in sent.values())
+def test_minibatch_members_ask_for_minibatches(task_identity) -> None:
+    full = LaqStrategy(AlgorithmConfig(algorithm="lag"), 2)
+    slaq = LaqStrategy(AlgorithmConfig(algorithm="slaq", batch_size=32), 2)
+    assert full.batch_size == 0 and slaq.batch_size == 32
+    assert all(read_train_request(m).batch_size == 32 for m in configure(slaq, 1).values())
+
+
+def test_theta0_comes_from_the_arrays_passed_in(task_identity) -> None:
+    strategy = LaqStrategy(AlgorithmConfig(algorithm="gd", lr=0.5), 1)
+    start = np.arange(SIZE, dtype=np.float32)
+    (message,) = strategy.configure_train(1, ArrayRecord([start]), ConfigRecord(), FakeGrid([101]))
+    message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    np.testing.assert_array_equal(read_train_request(message).theta, start)
+    grad = np.ones(SIZE, np.float32)
+    upload = Message(reply_content(0, 1.0, Identity().compress(grad).payload), reply_to=message)
+    upload.metadata.__dict__["_src_node_id"] = 101
+    arrays, _ = strategy.aggregate_train(1, [upload])
+    np.testing.assert_array_equal(arrays.to_numpy_ndarrays()[0], start - 0.5)
 
 
 def test_restarted_node_does_not_count_twice(strategy: LaqStrategy) -> None:
@@ -160,10 +176,51 @@ def test_restarted_node_does_not_count_twice(strategy: LaqStrategy) -> None:
     # Node 303 restarts and comes back as 404 (same partition 2, new id, empty state).
     grid = FakeGrid([101, 202, 404])
     sent = configure(strategy, 2, grid)
-    assert 303 not in strategy.memory.copies
+    assert 303 not in strategy.state.copies
     assert read_train_request(sent[404]).instruction.force_upload
     replies = [reply(sent[101], 0, None, zeros), reply(sent[202], 1, None, zeros), reply(sent[404], 2, g[2], zeros)]
     strategy.aggregate_train(2, replies)
-    assert set(strategy.memory.copies) == {101, 202, 404}
-    expected = sum(quantize_innovation(gi, zeros, 4).value.astype(np.float64) for gi in g)
-    np.testing.assert_allclose(strategy.memory.aggregate, expected, atol=1e-12)
+    assert set(strategy.state.copies) == {101, 202, 404}
+    expected = sum(quantized(gi, zeros).astype(np.float64) for gi in g)
+    np.testing.assert_allclose(strategy.state.aggregate, expected, atol=1e-12)
+
+
+def test_uploads_apply_in_partition_order_whatever_the_arrival_and_node_order(task_identity) -> None:
+    # float64 addition is not associative: 1 + 1e17 - 1e17 = 0 but -1e17 + 1e17 + 1 = 1. Partition order gives 0.
+    nodes = [303, 101, 202]  # partition 0, 1, 2: node-id order differs from partition order
+    strategy = LaqStrategy(AlgorithmConfig(algorithm="gd", lr=1.0), 3)
+    sent = configure(strategy, 1, FakeGrid(nodes))
+    values = {0: 1.0, 1: 1e17, 2: -1e17}
+    replies = []
+    for partition, node in enumerate(nodes):
+        payload = Identity().compress(np.full(SIZE, values[partition], np.float32)).payload
+        message = Message(reply_content(partition, 1.0, payload), reply_to=sent[node])
+        message.metadata.__dict__["_src_node_id"] = node
+        replies.append(message)
+    strategy.aggregate_train(1, list(reversed(replies)))
+    partition_order = (np.float64(1.0) + np.float64(np.float32(1e17))) + np.float64(np.float32(-1e17))
+    assert partition_order == 0.0
+    np.testing.assert_array_equal(strategy.state.aggregate, np.full(SIZE, partition_order))
+
+
+def test_byte_metrics_equal_the_meter(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(6)
+    replies = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)]
+    _, metrics = strategy.aggregate_train(1, replies)
+    meter = WireMeter()
+    assert metrics["uplink-bytes"] == sum(meter.uplink_bytes(r) for r in replies) > 0
+    assert metrics["downlink-bytes"] == sum(meter.downlink_bytes(m) for m in sent.values()) > 4 * SIZE
+
+
+def test_a_skip_answering_a_forced_upload_is_rejected(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)  # round 1: every upload is forced
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(7)
+    replies = [reply(sent[NODES[0]], 0, None, zeros)] + [reply(sent[n], i, g[i], zeros) for i, n in enumerate(NODES[1:], 1)]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert (metrics["uploads"], metrics["skips"], metrics["rejected"]) == (2, 0, 1)
+    assert NODES[0] not in strategy.state.copies and NODES[0] in strategy.state.out_of_sync
+    resync = read_train_request(configure(strategy, 2)[NODES[0]]).instruction
+    assert resync.force_upload and resync.reset

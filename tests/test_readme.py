@@ -1,10 +1,21 @@
-"""The README's first lines are the project's contract: keep them true."""
+"""The README's first lines are the project's contract, and its Extending example runs: keep them true."""
 
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
+import pytest
+import test_compressor_contract as contract
+from flwr.app import Context, RecordDict
+
+from client_app import app as client_app
 from conftest import REPO_ROOT
+from laq_fl.compressors import COMPRESSORS, NonFiniteError
+from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
+from laq_fl.driver import run_in_process
+from laq_fl.flower import InProcessGrid, run_server
 
 
 def readme_commands() -> list[str]:
@@ -24,3 +35,48 @@ def test_ci_runs_the_readmes_test_command() -> None:
     _, tests = readme_commands()
     ci_lines = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
     assert tests in ci_lines
+
+
+def extending_example() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("## Extending") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture
+def restore_registries():
+    """The example registers a compressor and an algorithm; leave the registries as they were."""
+    saved = dict(COMPRESSORS), dict(ALGORITHMS)
+    yield
+    for registry, before in zip((COMPRESSORS, ALGORITHMS), saved):
+        registry.clear()
+        registry.update(before)
+
+
+def test_the_extending_example_runs_through_the_contract_and_the_flower_app(tmp_path, restore_registries, task_identity) -> None:
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(extending_example(), "README.md", "exec"), namespace)
+    assert "float16" in COMPRESSORS and "lag-fp16" in ALGORITHMS
+    for size in (1, 9, 301):
+        contract.test_round_trip_within_the_stated_bound("float16", size)
+    for check in (contract.test_payload_bits_fit_the_bytes, contract.test_malformed_payloads_are_rejected,
+                  contract.test_byte_order_of_the_input_does_not_matter, contract.test_spec_rebuilds_an_equal_compressor,
+                  contract.test_zero_vector_sends_zeros, contract.test_no_corruption_decodes_to_non_finite_values):
+        check("float16")
+    with pytest.raises(NonFiniteError), np.errstate(over="ignore"):
+        COMPRESSORS["float16"]().compress(np.array([1e6]))  # beyond float16's range
+
+    rounds = 20
+    run_config = {"algorithm": "lag-fp16", "dataset": "synthetic", "num-clients": 3, "rounds": rounds, "lr": 0.1,
+                  "data-dir": "/unused", "out-dir": str(tmp_path), "run-name": "fp16"}
+    grid = InProcessGrid(client_app, 3, run_config)
+    run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    rows = [json.loads(line) for line in (tmp_path / "fp16.jsonl").read_text().splitlines()]
+    trained = rows[1:]
+    assert len(trained) == rounds and sum(row["rejected"] for row in trained) == 0
+    assert all(row["payload-bits"] == 16 * 7850 * row["uploads"] for row in trained)
+    assert 0 < rows[-1]["uploads-cum"] < 3 * rounds  # LAG's rule skipped some uploads
+    assert trained[-1]["train-loss"] < trained[0]["train-loss"]
+    expected = run_in_process(AlgorithmConfig(algorithm="lag-fp16", lr=0.1),
+                              ProblemConfig(dataset="synthetic", num_workers=3, data_dir="/unused"), rounds)
+    assert [row["uploads"] for row in trained] == expected.column("uploads").tolist()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from laq_fl.config import ConfigError
+from laq_fl.config import AlgorithmConfig, ConfigError
 from laq_fl.run_config import DATA_DIR_ENV, RUN_CONFIG_SCHEMA, parse_run_config
 
 
@@ -40,5 +40,28 @@ def test_integral_floats_and_ints_convert_but_other_types_do_not() -> None:
         assert info.value.key == key
 
 
-def test_every_schema_key_is_accepted() -> None:
-    parse_run_config({key: default for key, (_, default) in RUN_CONFIG_SCHEMA.items()})
+def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
+    values = {"algorithm": "dgc", "model": "mlp", "dataset": "synthetic", "partition": "dirichlet", "dirichlet-alpha": 0.3,
+              "num-clients": 7, "rounds": 11, "bits": 5, "lr": 0.3, "xi-sum": 0.6, "D": 3, "xi-warmup": True, "t-bar": 9,
+              "batch-size": 17, "density": 0.2, "lambda": 0.5, "seed": 4, "init": "zeros", "dtype": "float64",
+              "data-dir": str(tmp_path / "data"), "out-dir": str(tmp_path / "out"), "run-name": "r", "round-timeout": 5.0,
+              "node-wait-timeout": 6.0}
+    assert set(values) == set(RUN_CONFIG_SCHEMA)
+    settings = parse_run_config(values)
+    algorithm, problem = settings.algorithm, settings.problem
+    assert (algorithm.algorithm, algorithm.bits, algorithm.lr, algorithm.t_bar, algorithm.batch_size) == ("dgc", 5, 0.3, 9, 17)
+    assert algorithm.xi == pytest.approx((0.2,) * 3) and algorithm.xi_warmup and algorithm.density == 0.2
+    assert (problem.model, problem.dataset, problem.partition, problem.dirichlet_alpha, problem.num_workers) == (
+        "mlp", "synthetic", "dirichlet", 0.3, 7)
+    assert (problem.lam, problem.seed, problem.init, problem.dtype, problem.data_dir) == (0.5, 4, "zeros", "float64", values["data-dir"])
+    assert (settings.rounds, settings.out_dir, settings.run_name, settings.round_timeout, settings.node_wait_timeout) == (
+        11, values["out-dir"], "r", 5.0, 6.0)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.02, float("nan"), float("inf")])
+def test_a_step_size_that_cannot_descend_is_refused(lr: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({"lr": lr})
+    assert info.value.key == "lr"
+    with pytest.raises(ConfigError):
+        AlgorithmConfig(lr=lr)

@@ -6,7 +6,7 @@ one level up and runs without Flower.
 
 from laq_fl.flower.client import handle_train
 from laq_fl.flower.grid import InProcessGrid
-from laq_fl.flower.server import run_server
-from laq_fl.flower.strategy import LaqStrategy, SlaqStrategy, make_strategy
+from laq_fl.flower.serverapp import run_server
+from laq_fl.flower.strategy import LaqStrategy
 
-__all__ = ["InProcessGrid", "LaqStrategy", "SlaqStrategy", "handle_train", "make_strategy", "run_server"]
+__all__ = ["InProcessGrid", "LaqStrategy", "handle_train", "run_server"]

@@ -1,7 +1,8 @@
-"""The worker as a Flower ``train`` handler: gradient at theta^k, quantize, rule, reply.
+"""The worker as a Flower ``train`` handler: gradient at theta^k, compress, rule, reply.
 
-The worker's memory (``Q_hat`` as raw float32 bytes and ``||eps_hat||^2``) lives in ``context.state``
-as a ConfigRecord, read without the ``.npy`` header parsing an ArrayRecord would cost every round, and
+The worker's :class:`~laq_fl.worker.WorkerState` (``Q_hat`` and theta_hat in the run's dtype, the residual
+and ``||eps_hat||^2`` in float64, the version as int64) lives in ``context.state`` as a ConfigRecord of raw
+little-endian bytes, read without the ``.npy`` header parsing an ArrayRecord would cost every round, and
 rewritten only when it changes. Data and the objective are loaded once per process.
 """
 
@@ -19,7 +20,7 @@ from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
 from laq_fl.run_config import RunSettings, parse_run_config
-from laq_fl.worker import LAST_ERROR_SQ_KEY, Q_HAT_KEY, WorkerMemory, local_round
+from laq_fl.worker import COPY_KEY, LAST_ERROR_SQ_KEY, RESIDUAL_KEY, THETA_HAT_KEY, VERSION_KEY, WorkerState, local_round
 
 MEMORY_RECORD = "laq-worker"
 
@@ -57,21 +58,32 @@ def partition_of(context: Context, num_workers: int) -> int:
     return partition_id
 
 
-def load_memory(context: Context, size: int, dtype: np.dtype | type) -> WorkerMemory:
-    """This node's memory from ``context.state``, or the zero memory before its first upload."""
+def _stored_dtypes(dtype: np.dtype) -> dict[str, np.dtype]:
+    dtype = np.dtype(dtype).newbyteorder("<")
+    float64, int64 = np.dtype("<f8"), np.dtype("<i8")
+    return {COPY_KEY: dtype, THETA_HAT_KEY: dtype, RESIDUAL_KEY: float64, LAST_ERROR_SQ_KEY: float64, VERSION_KEY: int64}
+
+
+def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerState:
+    """This node's state from ``context.state``, or the zero state before its first upload."""
     record = context.state.config_records.get(MEMORY_RECORD)
     if record is None:
-        return WorkerMemory.zeros(size, dtype)
-    # Read-only views of the stored bytes: the memory replaces its vectors, it never edits them.
-    arrays = {key: np.frombuffer(blob, np.float64 if key == LAST_ERROR_SQ_KEY else dtype) for key, blob in record.items()}
-    arrays[LAST_ERROR_SQ_KEY] = arrays[LAST_ERROR_SQ_KEY].reshape(())
-    if arrays[Q_HAT_KEY].size != size:
-        raise ValueError(f"context.state holds a Q_hat of {arrays[Q_HAT_KEY].size} values; the model has {size}")
-    return WorkerMemory.from_arrays(arrays)
+        return WorkerState.zeros(size, dtype)
+    dtypes = _stored_dtypes(dtype)
+    # Read-only views of the stored bytes: the state replaces its vectors, it never edits them.
+    arrays = {key: np.frombuffer(blob, dtypes[key]) for key, blob in record.items()}
+    for key in (LAST_ERROR_SQ_KEY, VERSION_KEY):
+        arrays[key] = arrays[key].reshape(())
+    if arrays[COPY_KEY].size != size:
+        raise ValueError(f"context.state holds a Q_hat of {arrays[COPY_KEY].size} values; the model has {size}")
+    return WorkerState.from_arrays(arrays)
 
 
-def store_memory(context: Context, memory: WorkerMemory) -> None:
-    context.state[MEMORY_RECORD] = ConfigRecord({key: value.tobytes() for key, value in memory.to_arrays().items()})
+def store_state(context: Context, state: WorkerState) -> None:
+    dtypes = _stored_dtypes(state.copy.dtype)
+    context.state[MEMORY_RECORD] = ConfigRecord(
+        {key: np.asarray(value, dtypes[key]).tobytes() for key, value in state.to_arrays().items()}
+    )
 
 
 def handle_train(message: Message, context: Context) -> Message:
@@ -85,11 +97,10 @@ def handle_train(message: Message, context: Context) -> Message:
     batch = None
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
-    memory = load_memory(context, objective.model.size, request.theta.dtype)
-    compressor = request.compressor
-    rng = compression_rng(problem.seed, partition_id, request.iteration) if compressor.stochastic else None
-    loss, upload = local_round(memory, objective, request.theta, batch, compressor, request.rule, request.instruction, rng)
-    if upload is not None or request.instruction.reset:
-        store_memory(context, memory)
-    payload = None if upload is None else compressor.to_bytes(upload)
+    state = load_state(context, objective.model.size, request.theta.dtype)
+    parts = request.parts
+    rng = compression_rng(problem.seed, partition_id, request.iteration) if parts.compressor.needs_rng else None
+    loss, payload = local_round(state, objective, request.theta, parts, request.instruction, batch=batch, rng=rng)
+    if payload is not None or request.instruction.reset:
+        store_state(context, state)
     return Message(reply_content(partition_id, loss, payload), reply_to=message)

@@ -2,18 +2,22 @@
 
 Server -> worker (``train`` message):
     ``theta``        ArrayRecord with theta^k as one float array
-    ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``compressor`` (none, laq, qsgd, sparsify),
-                     ``bits``, ``density`` (sparsify), ``batch-size`` (0: full gradient),
-                     ``rule`` (none, laq or same-sample), ``threshold`` (the shared part of 7a),
-                     ``force-upload`` (7b), ``reset`` (resync)
+    ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``compressor`` (its spec, e.g. ``"grid bits=4"``),
+                     ``memory`` and ``rule`` (registry names), ``batch-size`` (0: full gradient),
+                     ``threshold`` (the shared part of the rule), ``force-upload`` (7b, first upload),
+                     ``reset`` (restart from ``Q_hat = 0``)
 
 Worker -> server (reply):
     ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k); kept minimal, it is most of a skip
-    ``upload``       ConfigRecord with ``payload`` (bytes: float32 R + packed levels for LAQ); absent for a skip
+    ``upload``       ConfigRecord with ``payload`` (the compressor's bytes); absent for a skip
+
+A worker told to upload (``force-upload``) must upload: the server rejects a skip reply to such an
+instruction as malformed, keeps the stale copy and resyncs that worker in the next round.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -21,8 +25,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from laq_fl.codec import PayloadError
-from laq_fl.compressors import Compressor
-from laq_fl.worker import Instruction
+from laq_fl.compressors import Compressor, compressor_from_spec
+from laq_fl.memory import memory_named
+from laq_fl.skip_rules import Instruction, rule_named
+from laq_fl.worker import WorkerParts
 
 THETA = "theta"
 INSTRUCTION = "instruction"
@@ -31,8 +37,7 @@ UPLOAD = "upload"
 PAYLOAD = "payload"
 ITERATION = "iteration"
 COMPRESSOR = "compressor"
-BITS = "bits"
-DENSITY = "density"
+MEMORY = "memory"
 BATCH_SIZE = "batch-size"
 RULE = "rule"
 THRESHOLD = "threshold"
@@ -48,26 +53,31 @@ class TrainRequest:
 
     theta: np.ndarray
     iteration: int
-    compressor: Compressor
+    parts: WorkerParts
     batch_size: int
-    rule: str
     instruction: Instruction
 
 
 def train_content(
-    theta: ArrayRecord, iteration: int, compressor: Compressor, batch_size: int, rule: str, instruction: Instruction
+    theta: ArrayRecord,
+    iteration: int,
+    compressor: Compressor,
+    memory: str,
+    rule: str,
+    batch_size: int,
+    instruction: Instruction,
 ) -> RecordDict:
+    """The ``train`` message of one worker: theta^k (a record shared by all messages of the round) and its instruction."""
     return RecordDict(
         {
             THETA: theta,
             INSTRUCTION: ConfigRecord(
                 {
                     ITERATION: iteration,
-                    COMPRESSOR: compressor.scheme,
-                    BITS: compressor.bits,
-                    DENSITY: float(compressor.density),
-                    BATCH_SIZE: batch_size,
+                    COMPRESSOR: compressor.spec(),
+                    MEMORY: memory,
                     RULE: rule,
+                    BATCH_SIZE: batch_size,
                     THRESHOLD: float(instruction.threshold),
                     FORCE_UPLOAD: bool(instruction.force_upload),
                     RESET: bool(instruction.reset),
@@ -98,6 +108,12 @@ def array_to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
+@functools.lru_cache(maxsize=32)
+def worker_parts(compressor: str, memory: str, rule: str) -> WorkerParts:
+    """The parts an instruction names, built and validated once per process."""
+    return WorkerParts(compressor_from_spec(compressor), memory_named(memory), rule_named(rule).worker)
+
+
 def read_train_request(message: Message) -> TrainRequest:
     content = message.content
     config = content.config_records[INSTRUCTION]
@@ -105,9 +121,8 @@ def read_train_request(message: Message) -> TrainRequest:
     return TrainRequest(
         theta=theta,
         iteration=int(config[ITERATION]),
-        compressor=Compressor(str(config[COMPRESSOR]), int(config[BITS]), float(config[DENSITY])),
+        parts=worker_parts(str(config[COMPRESSOR]), str(config[MEMORY]), str(config[RULE])),
         batch_size=int(config[BATCH_SIZE]),
-        rule=str(config[RULE]),
         instruction=Instruction(
             threshold=float(config[THRESHOLD]),
             force_upload=bool(config[FORCE_UPLOAD]),

@@ -1,16 +1,17 @@
-"""LAQ and SLAQ as Flower strategies (Sun, Chen, Giannakis, Yang, NeurIPS 2019).
+"""The LAQ family as one Flower strategy (Sun, Chen, Giannakis, Yang, NeurIPS 2019).
 
 One round of Algorithm 2 per Flower round:
 
-1. ``configure_train`` broadcasts theta^k with, per node, the (7a) threshold, the forced-upload
-   flag (7b) and a reset flag for nodes whose last reply was lost.
-2. Workers reply with an upload (packed innovation) or an empty skip.
-3. ``aggregate_train`` sorts replies into uploads, skips and rejects, validates every upload
-   before applying any, folds uploads into the per-node copies and the lazy aggregate, keeps
+1. ``configure_train`` asks the rule's server half what each node gets: theta^k with the shared threshold,
+   the forced-upload flag (7b, first upload) and the reset flag (resync), or no message at all.
+2. Workers reply with an upload (the compressor's payload) or an empty skip.
+3. ``aggregate_train`` sorts replies into uploads, skips and rejects, validates every upload before
+   applying any, folds uploads into the per-node copies and the lazy aggregate in partition order, keeps
    stale copies for skips and rejects, and steps ``theta^{k+1} = theta^k - alpha nabla^k`` (4).
 
-GD, QGD, LAG and LAQ are :class:`LaqStrategy` with the matching :class:`~laq_fl.config.AlgorithmConfig`;
-SGD, SLAQ, LASG and SLAQ-WK2 are :class:`SlaqStrategy`, which asks for minibatch gradients.
+Every member (GD ... LAQ, SGD ... SLAQ-WK2, EF-SignSGD, TernGrad, DGC) is this class with its
+:class:`~laq_fl.config.AlgorithmConfig`; the minibatch members ask for seeded minibatch gradients.
+theta^0 comes from ``start(grid, initial_arrays)``, the one source of the starting point.
 """
 
 from __future__ import annotations
@@ -22,90 +23,104 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from laq_fl.codec import PayloadError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.messages import read_train_reply, train_content
 from laq_fl.flower.wire import WireMeter
-from laq_fl.server import ServerMemory
+from laq_fl.server_state import ServerState
 
 
 class LaqStrategy(Strategy):
-    """Lazily Aggregated Quantized gradient descent on full local gradients (GD, QGD, LAG, LAQ).
+    """Lazily aggregated, compressed gradient descent for any member of the family.
 
     Parameters
     ----------
     config
-        The algorithm's settings (``algorithm``, ``bits``, ``lr``, ``xi``, ``t_bar``).
-    initial_theta
-        theta^0 as one flat float array.
+        The algorithm's settings (``algorithm``, ``bits``, ``lr``, ``xi``, ``t_bar``, ``batch_size``, ``density``).
     num_workers
         M in rule (7a).
 
     Attributes
     ----------
-    memory
-        The server memory: theta, lazy aggregate, per-node copies and clocks.
+    state
+        The :class:`~laq_fl.server_state.ServerState` (theta, lazy aggregate, per-node copies and clocks);
+        ``None`` until ``start`` (or the first ``configure_train``) gives it theta^0.
     round_metrics
-        Per round: uploads, skips, rejected, payload-bits, uplink-bytes, downlink-bytes, train-loss.
+        Per round: uploads, skips, rejected, not-contacted, payload-bits, uplink-bytes, downlink-bytes, train-loss.
     """
 
-    stochastic = False
-
-    def __init__(self, config: AlgorithmConfig, initial_theta: np.ndarray, num_workers: int) -> None:
-        if config.spec.stochastic != self.stochastic:
-            expected = "SlaqStrategy" if config.spec.stochastic else "LaqStrategy"
-            raise ValueError(f"algorithm {config.algorithm!r} runs with {expected}; use make_strategy()")
+    def __init__(self, config: AlgorithmConfig, num_workers: int) -> None:
         self.config = config
-        self.memory = ServerMemory(np.asarray(initial_theta), config, num_workers)
+        self.num_workers = num_workers
+        self.state: ServerState | None = None
         self.round_metrics: dict[int, dict[str, float | int]] = {}
         self._sent: dict[int, Message] = {}
+        self._forced: set[int] = set()
+        self._not_contacted: list[int] = []
 
     @property
     def batch_size(self) -> int:
         """0 asks workers for full local gradients."""
-        return 0
+        return self.config.batch_size if self.config.spec.minibatch else 0
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, **kwargs) -> Result:  # type: ignore[override]
+        """Run the rounds from theta^0 = ``initial_arrays`` (one flat float array); see ``Strategy.start``."""
+        self.state = self._state_from(initial_arrays)
+        self.round_metrics = {}
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
+    def _state_from(self, arrays: ArrayRecord) -> ServerState:
+        tensors = arrays.to_numpy_ndarrays()
+        if len(tensors) != 1 or tensors[0].ndim != 1:
+            raise ValueError(f"theta^0 must be one flat array, got shapes {[t.shape for t in tensors]}")
+        return ServerState(tensors[0], self.config, self.num_workers)
 
     def summary(self) -> None:
         config = self.config
         log(
             INFO,
-            "\t%s: algorithm=%s compressor=%s bits=%s lr=%s D=%d sum(xi)=%.3g t_bar=%d batch=%s M=%d p=%d",
+            "\t%s: algorithm=%s compressor=%s memory=%s rule=%s lr=%s D=%d sum(xi)=%.3g t_bar=%d batch=%s M=%d",
             type(self).__name__,
             config.algorithm,
-            config.compressor.scheme,
-            config.wire_bits,
+            config.compressor().spec(),
+            config.memory.name,
+            config.spec.rule,
             config.lr,
-            config.memory,
+            config.num_differences,
             sum(config.xi),
             config.t_bar,
             self.batch_size or "full",
-            self.memory.num_workers,
-            self.memory.size,
+            self.num_workers,
         )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """theta^k to every node, with its threshold, forced-upload and reset flags."""
-        theta = ArrayRecord([self.memory.theta])  # one record: its objects are shared by all messages
+        """theta^k with its instruction to every node the rule's server half contacts."""
+        if self.state is None:  # hooks called without start(): theta^0 is the arrays passed in
+            self.state = self._state_from(arrays)
+        state = self.state
+        theta = ArrayRecord([state.theta])  # one record: its objects are shared by all messages
         node_ids = sorted(grid.get_node_ids())
-        for gone in set(self.memory.copies) - set(node_ids):
+        for gone in set(state.copies) - set(node_ids):
             # A restarted SuperNode comes back under a new id; its old copy must leave the aggregate,
             # or that partition would count twice once the new node uploads.
             log(WARNING, "Round %d: node %d is gone; dropping its copy from the aggregate", server_round, gone)
-            self.memory.forget(gone)
+            state.forget(gone)
         self._sent = {}
+        self._forced = set()
+        self._not_contacted = []
+        compressor, memory, rule = state.compressor, state.memory.name, self.config.spec.rule
         for node_id in node_ids:
-            content = train_content(
-                theta,
-                server_round - 1,
-                self.config.compressor,
-                self.batch_size,
-                self.config.spec.rule,
-                self.memory.instruction(node_id),
-            )
+            instruction = state.instruction(node_id)
+            if instruction is None:
+                self._not_contacted.append(node_id)
+                continue
+            if instruction.force_upload:
+                self._forced.add(node_id)
+            content = train_content(theta, server_round - 1, compressor, memory, rule, self.batch_size, instruction)
             self._sent[node_id] = Message(content, node_id, MessageType.TRAIN, group_id=str(server_round))
         return list(self._sent.values())
 
@@ -113,9 +128,9 @@ class LaqStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate all replies, apply uploads and skips in partition order, then step theta."""
+        state = self.state
         node_of_message = {message.metadata.message_id: node for node, message in self._sent.items()}
         accepted: dict[int, tuple[int, float, np.ndarray | None]] = {}
-        compressor = self.config.compressor
         payload_bits = 0
         meter = WireMeter()
         rejected = 0
@@ -135,24 +150,29 @@ class LaqStrategy(Strategy):
                 parsed = read_train_reply(reply)
                 new_copy = None
                 if parsed.payload is not None:
-                    upload = compressor.from_bytes(parsed.payload)
-                    new_copy = self.memory.decode(node, upload)
-                    payload_bits += compressor.payload_bits(upload, self.memory.size, self.memory.theta.dtype.itemsize)
+                    new_copy = state.decode(node, parsed.payload)
+                    bits = state.payload_bits(parsed.payload)
+                elif node in self._forced:
+                    raise PayloadError("skipped although the upload was forced (first upload, (7b) or a resync)")
             except PayloadError as error:
                 log(WARNING, "Round %d: rejected the reply of node %d, keeping its stale copy: %s", server_round, node, error)
                 rejected += 1
                 continue
+            if new_copy is not None:
+                payload_bits += bits
             accepted[node] = (parsed.partition_id, parsed.loss, new_copy)
 
         # Same order as the in-process driver (worker 0..M-1), so the float64 aggregate matches it bit for bit.
         for node, (_, _, new_copy) in sorted(accepted.items(), key=lambda item: (item[1][0], item[0])):
             if new_copy is None:
-                self.memory.skip(node)
+                state.skip(node)
             else:
-                self.memory.commit(node, new_copy)
+                state.commit(node, new_copy)
+        for node in self._not_contacted:
+            state.skip(node)
         missing = [node for node in self._sent if node not in accepted]
         for node in missing:
-            self.memory.lost(node)
+            state.lost(node)
         if len(missing) > rejected:
             log(WARNING, "Round %d: %d node(s) did not reply; their stale copies stay in the aggregate", server_round, len(missing) - rejected)
 
@@ -162,13 +182,14 @@ class LaqStrategy(Strategy):
             "uploads": uploads,
             "skips": len(accepted) - uploads,
             "rejected": len(missing),
+            "not-contacted": len(self._not_contacted),
             "payload-bits": payload_bits,
             "uplink-bytes": uplink,
             "downlink-bytes": sum(meter.downlink_bytes(message) for message in self._sent.values()),
             "train-loss": float(np.mean(losses)) if losses else float("nan"),
         }
         self.round_metrics[server_round] = metrics
-        new_theta = self.memory.step()
+        new_theta = state.step()
         return ArrayRecord([new_theta]), MetricRecord(metrics)
 
     def configure_evaluate(
@@ -179,19 +200,3 @@ class LaqStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
-
-
-class SlaqStrategy(LaqStrategy):
-    """The stochastic members (SGD, SLAQ, LASG, SLAQ-WK2): the same protocol on seeded minibatch gradients."""
-
-    stochastic = True
-
-    @property
-    def batch_size(self) -> int:
-        return self.config.batch_size
-
-
-def make_strategy(config: AlgorithmConfig, initial_theta: np.ndarray, num_workers: int) -> LaqStrategy:
-    """The strategy class that runs ``config.algorithm``."""
-    cls = SlaqStrategy if config.spec.stochastic else LaqStrategy
-    return cls(config, initial_theta, num_workers)

@@ -1,33 +1,30 @@
-"""The server side of LAQ: lazy aggregate, per-worker copies, skip clocks and the step (4)."""
+"""The server side of the family: lazy aggregate, per-worker copies, skip clocks and the step (4)."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
 
 import numpy as np
 
-from laq_fl.codec import Upload
 from laq_fl.config import AlgorithmConfig
-from laq_fl.rule import lazy_threshold, upload_forced
-from laq_fl.worker import Instruction
-
-WorkerKey = Hashable
+from laq_fl.skip_rules import Instruction, WorkerKey
 
 
-class ServerMemory:
-    """State of the server in Algorithm 2 and the LAQ iteration (4).
+class ServerState:
+    """State of the server in Algorithm 2 and the LAQ iteration (4) of Sun et al. (2019).
 
     Attributes
     ----------
     theta
-        The current iterate ``theta^k`` (float32 unless the problem runs in float64).
+        The current iterate ``theta^k``, shape ``(p,)`` (float32 unless the problem runs in float64).
     aggregate
         The lazy aggregate ``nabla^k`` in float64. Invariant: ``aggregate == sum(copies.values())``.
     copies
         ``Q_m(theta_hat_m)`` per worker, in the dtype of ``theta``; a worker is absent until its first upload.
+    versions
+        Uploads per worker since its last reset; the worker's :class:`~laq_fl.worker.WorkerState` counts the same.
     skip_clocks
-        Consecutive skips per worker, for (7b).
+        Consecutive skips (or rounds without contact) per worker, for (7b).
     out_of_sync
         Workers whose last reply was lost or rejected: the server cannot know whether the worker
         moved its ``Q_hat``, so it keeps the stale copy for now and asks for a reset upload.
@@ -36,53 +33,46 @@ class ServerMemory:
     """
 
     def __init__(self, theta: np.ndarray, config: AlgorithmConfig, num_workers: int) -> None:
+        theta = np.asarray(theta)
         if theta.ndim != 1:
             raise ValueError(f"theta must be a flat vector, got shape {theta.shape}")
         self.config = config
         self.num_workers = num_workers
+        self.compressor = config.compressor(theta.dtype)
+        self.memory = config.memory
+        self.rule = config.rule.server(config.rule_settings(num_workers))
         self.theta = theta.copy()
         self.aggregate = np.zeros(theta.shape, np.float64)
         self.copies: dict[WorkerKey, np.ndarray] = {}
+        self.versions: dict[WorkerKey, int] = {}
         self.skip_clocks: dict[WorkerKey, int] = {}
         self.out_of_sync: set[WorkerKey] = set()
-        self.recent_sq_diffs: deque[float] = deque(maxlen=config.memory)
+        self.recent_sq_diffs: deque[float] = deque(maxlen=config.num_differences)
         self.iteration = 0
 
     @property
     def size(self) -> int:
         return self.theta.size
 
-    def threshold(self) -> float:
-        """The worker-independent part of (7a); zero when the algorithm is not lazy."""
-        if not self.config.spec.lazy:
-            return 0.0
-        config = self.config
-        return lazy_threshold(self.recent_sq_diffs, config.xi, config.lr, self.num_workers, config.xi_warmup)
+    def instruction(self, worker: WorkerKey) -> Instruction | None:
+        """The rule's server half: threshold, forced upload and reset for ``worker``, or ``None`` for no contact."""
+        return self.rule.instruct(self, worker)
 
-    def instruction(self, worker: WorkerKey) -> Instruction:
-        """Threshold and forced-upload flag for ``worker`` at this iteration.
+    def decode(self, worker: WorkerKey, payload: bytes) -> np.ndarray:
+        """The worker's new ``Q_m(theta^k)`` from its payload.
 
-        Uploads are forced every round for non-lazy members (GD, QGD, SGD), for a worker
-        the server holds no copy of (its first round, or after :meth:`forget`), for a worker
-        out of sync (with a reset: both sides restart from ``Q_hat = 0``), and by (7b).
+        Raises :class:`~laq_fl.codec.PayloadError` and changes nothing if the payload is malformed.
         """
-        reset = worker in self.out_of_sync
-        force = (
-            reset
-            or not self.config.spec.lazy
-            or worker not in self.copies
-            or upload_forced(self.skip_clocks.get(worker, 0), self.config.t_bar)
-        )
-        return Instruction(threshold=self.threshold(), force_upload=force, reset=reset)
-
-    def decode(self, worker: WorkerKey, upload: Upload) -> np.ndarray:
-        """The worker's new ``Q_m(theta^k)`` from its upload; raises ``PayloadError`` and changes nothing if malformed."""
         previous = None if worker in self.out_of_sync else self.copies.get(worker)
-        return self.config.compressor.decode(upload, previous, self.size, self.theta.dtype)
+        decoded = self.compressor.decompress(payload, self.size)
+        return self.memory.reconstruct(previous, decoded, self.theta.dtype)
 
-    def accept(self, worker: WorkerKey, upload: Upload) -> None:
-        """Decode an upload and fold it in (:meth:`decode` then :meth:`commit`)."""
-        self.commit(worker, self.decode(worker, upload))
+    def payload_bits(self, payload: bytes) -> int:
+        return self.compressor.payload_bits(payload, self.size)
+
+    def accept(self, worker: WorkerKey, payload: bytes) -> None:
+        """Decode a payload and fold it in (:meth:`decode` then :meth:`commit`)."""
+        self.commit(worker, self.decode(worker, payload))
 
     def commit(self, worker: WorkerKey, new_copy: np.ndarray) -> None:
         """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock."""
@@ -91,11 +81,12 @@ class ServerMemory:
         if previous is not None:
             self.aggregate -= previous
         self.copies[worker] = new_copy
+        self.versions[worker] = (0 if worker in self.out_of_sync else self.versions.get(worker, 0)) + 1
         self.skip_clocks[worker] = 0
         self.out_of_sync.discard(worker)
 
     def skip(self, worker: WorkerKey) -> None:
-        """The worker uploaded nothing: keep its stale copy and advance its clock (Algorithm 2, step 9)."""
+        """The worker uploaded nothing (or was not contacted): keep its stale copy, advance its clock."""
         self.skip_clocks[worker] = self.skip_clocks.get(worker, 0) + 1
 
     def lost(self, worker: WorkerKey) -> None:
@@ -103,10 +94,11 @@ class ServerMemory:
         self.out_of_sync.add(worker)
 
     def forget(self, worker: WorkerKey) -> None:
-        """Drop a worker's copy (for example after a lost upload); its next upload is forced and starts from zero."""
+        """Drop a worker's copy (a node that is gone); its next upload is forced and starts from zero."""
         previous = self.copies.pop(worker, None)
         if previous is not None:
             self.aggregate -= previous
+        self.versions.pop(worker, None)
         self.skip_clocks.pop(worker, None)
         self.out_of_sync.discard(worker)
 

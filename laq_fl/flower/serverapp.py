@@ -11,13 +11,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from laq_fl.flower.strategy import make_strategy
+from laq_fl.flower.strategy import LaqStrategy
 from laq_fl.models import FlatModel
 from laq_fl.problem import test_evaluator
 from laq_fl.results import RoundLog
 from laq_fl.run_config import RunSettings, parse_run_config
 
-NO_TRAINING = {"uploads": 0, "skips": 0, "rejected": 0, "payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0}
+NO_TRAINING = {
+    "uploads": 0, "skips": 0, "rejected": 0, "not-contacted": 0, "payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0,
+}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 0.5) -> list[int]:
@@ -48,7 +50,7 @@ def run_server(grid: Grid, context: Context) -> Result:
 
     problem = settings.problem
     initial_theta = FlatModel.named(problem.model).initial_parameters(problem.init, problem.seed, problem.dtype)
-    strategy = make_strategy(settings.algorithm, initial_theta, settings.num_clients)
+    strategy = LaqStrategy(settings.algorithm, settings.num_clients)
     evaluate_theta = test_evaluator(problem)
     results = RoundLog(results_path(settings, context.run_id), settings.algorithm.algorithm)
 

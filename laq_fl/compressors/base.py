@@ -1,0 +1,179 @@
+"""The compressor interface: a vector becomes a payload that travels, and the payload becomes a vector again.
+
+A compressor knows nothing of memories, rules or rounds (GRACE's decomposition, Xu et al. 2021): the memory
+decides *what* vector is compressed (the gradient, its innovation against the last upload, or the gradient plus
+an error-feedback residual) and what the receiver does with the decoded vector.
+
+Contract, checked for every registered compressor by ``tests/test_compressor_contract.py``:
+
+1. ``compress(x, rng)`` returns the payload and the float64 vector ``decompress(payload)`` yields, bit for bit,
+   so worker and server can build identical copies without the worker decoding its own bytes.
+2. ``|x_i - decompress(payload)_i| <= error_bound(x)`` for every coordinate (float32 rounding of values that
+   travel as float32 aside).
+3. ``payload_bits(payload, p)`` counts what the papers count and never more than ``8 * len(payload)``.
+4. ``compress`` refuses a non-finite vector (:class:`NonFiniteError`); ``decompress`` refuses any malformed payload
+   (wrong length, wrong type, NaN/inf, codes out of range) with :class:`~laq_fl.codec.PayloadError` and returns
+   only finite vectors, so a bad upload never reaches the server's state.
+5. Compressors with ``needs_rng`` draw only from the generator they are given, so runs are reproducible.
+6. Every float on the wire is little-endian; bit-packed codes are most significant bit first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from laq_fl.codec import PayloadError, as_byte_array
+
+FLOAT32_LE = np.dtype("<f4")
+FLOAT64_LE = np.dtype("<f8")
+SCALE_BYTES = 4
+"""One little-endian float32 scale (a radius or a norm) at the start of a payload."""
+
+
+class ParameterError(ValueError):
+    """A compressor parameter out of range; ``parameter`` names the dataclass field (``bits``, ``density``...)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class NonFiniteError(ValueError):
+    """A vector to compress holds NaN or inf: it cannot travel, and the worker says so instead of sending it."""
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """One compressed vector.
+
+    Attributes
+    ----------
+    payload
+        The bytes that travel.
+    value
+        ``decompress(payload)`` as float64, shape ``(p,)``: what the receiver will reconstruct, bit for bit.
+    """
+
+    payload: bytes
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Compressor(ABC):
+    """A compression scheme with its parameters (the dataclass fields); worker and server hold equal ones.
+
+    Subclasses set ``name`` (the registry key), ``needs_rng`` and ``unbiased``, and implement
+    :meth:`_compress`, :meth:`_decompress`, :meth:`payload_bits` and :meth:`error_bound`. Parameters are
+    validated in ``__post_init__`` with a ``ValueError`` that names them.
+    """
+
+    name: ClassVar[str]
+    needs_rng: ClassVar[bool] = False
+    """True when :meth:`compress` draws random numbers: pass ``rng``."""
+    unbiased: ClassVar[bool] = False
+    """True when ``E[decompress(compress(x))] = x`` over the draws of ``rng``."""
+
+    def compress(self, vector: np.ndarray, rng: np.random.Generator | None = None) -> Compressed:
+        """Compress a flat vector of shape ``(p,)`` (any float dtype or byte order).
+
+        Raises :class:`NonFiniteError` for NaN or inf entries, ``ValueError`` for another shape or a missing ``rng``.
+        """
+        values = np.asarray(vector)
+        if values.ndim != 1 or values.dtype.kind != "f":
+            raise ValueError(f"compress takes a flat float vector, got {values.dtype} with shape {values.shape}")
+        values = values.astype(np.float64)  # native byte order from here on
+        finite = np.isfinite(values)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            raise NonFiniteError(
+                f"the gradient to compress has {int(values.size - finite.sum())} non-finite value(s) "
+                f"(first at index {first}: {values[first]}); a NaN or inf gradient cannot be sent"
+            )
+        if self.needs_rng and rng is None:
+            raise ValueError(f"{self.name} is random: pass rng=compression_rng(seed, worker, iteration)")
+        compressed = self._compress(values, rng)
+        if not np.all(np.isfinite(compressed.value)):  # e.g. a value beyond the range of the wire's floats
+            raise NonFiniteError(f"{self.name} cannot represent this gradient: it compresses to NaN or inf")
+        return compressed
+
+    def decompress(self, payload: bytes | bytearray | memoryview | np.ndarray, size: int) -> np.ndarray:
+        """The float64 vector of shape ``(size,)`` a payload encodes.
+
+        Raises :class:`~laq_fl.codec.PayloadError` for anything malformed, before the caller changes any state.
+        """
+        values = self._decompress(as_byte_array(payload), size)
+        if values.shape != (size,) or values.dtype != np.float64:
+            raise PayloadError(f"{self.name} decoded {values.dtype} of shape {values.shape}; expected ({size},) float64")
+        if not np.all(np.isfinite(values)):
+            raise PayloadError(f"{self.name} payload decodes to NaN or inf")
+        return values
+
+    @abstractmethod
+    def _compress(self, values: np.ndarray, rng: np.random.Generator | None) -> Compressed:
+        """``values``: finite, float64, native byte order, shape ``(p,)``."""
+
+    @abstractmethod
+    def _decompress(self, buffer: np.ndarray, size: int) -> np.ndarray:
+        """``buffer``: the payload as a 1-D uint8 array. Raise :class:`PayloadError` for anything malformed."""
+
+    @abstractmethod
+    def payload_bits(self, payload: bytes, size: int) -> int:
+        """Bits of one payload as the papers count them; at most ``8 * len(payload)``."""
+
+    @abstractmethod
+    def error_bound(self, vector: np.ndarray) -> float:
+        """``max_i |x_i - decompress(compress(x))_i|`` can reach at most this, for every draw of ``rng``."""
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that, with ``name``, rebuild an equal compressor."""
+        return dataclasses.asdict(self)
+
+    def spec(self) -> str:
+        """``"name key=value ..."``, the compressor as one string (it travels in every instruction)."""
+        return " ".join([self.name, *(f"{key}={value!r}" for key, value in sorted(self.params().items()))])
+
+
+def check_size(buffer: np.ndarray, expected: int, what: str) -> None:
+    """Raise :class:`PayloadError` unless the payload is exactly ``expected`` bytes."""
+    if buffer.size != expected:
+        raise PayloadError(f"{what} payload is {buffer.size} bytes; expected exactly {expected}")
+
+
+def read_scale(buffer: np.ndarray, what: str) -> float:
+    """The float32 scale at the start of a payload; raises :class:`PayloadError` unless finite and >= 0."""
+    if buffer.size < SCALE_BYTES:
+        raise PayloadError(f"{what} payload starts with a 4-byte float32 scale; got {buffer.size} bytes")
+    scale = float(buffer[:SCALE_BYTES].view(FLOAT32_LE)[0])
+    if not np.isfinite(scale) or scale < 0.0:
+        raise PayloadError(f"{what} scale must be finite and >= 0, got {scale}")
+    return scale
+
+
+def scale_bytes(scale: float) -> bytes:
+    return np.asarray(scale, FLOAT32_LE).tobytes()
+
+
+def float32_at_least(value: float) -> np.float32:
+    """The smallest float32 >= ``value``, so that ``|x_i| / scale <= 1`` survives rounding the scale to float32."""
+    rounded = np.float32(value)
+    if float(rounded) < value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    return rounded
+
+
+def check_int(compressor: str, parameter: str, value: Any, low: int, high: int) -> None:
+    """Raise :class:`ParameterError` unless ``value`` is an integer in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ParameterError(parameter, f"{compressor} needs {parameter} in {low}..{high}, got {value!r}")
+
+
+def check_fraction(compressor: str, parameter: str, value: Any) -> None:
+    """Raise :class:`ParameterError` unless ``value`` is a number in (0, 1]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and 0.0 < value <= 1.0
+    if not ok:
+        raise ParameterError(parameter, f"{compressor} needs {parameter} in (0, 1], got {value!r}")

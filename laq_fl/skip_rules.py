@@ -1,0 +1,232 @@
+"""Skip rules, each a server half and a worker half, and their registry.
+
+The server half decides, per worker and round, what to send with theta^k: the shared threshold, whether
+the upload is forced, whether both sides reset to ``Q_hat = 0`` -- or nothing at all (``None``: the worker
+is not contacted this round, computes nothing and keeps its stale copy in the aggregate). The worker half
+decides upload or skip from the :class:`Evidence` it declares it needs.
+
+=================  ============================================================  ==========================
+rule               worker skips when                                             evidence
+=================  ============================================================  ==========================
+``never``          never (GD, QGD, SGD and the compressors' baselines)            --
+``innovation``     ``||Q - Q_hat||^2 <= thr + 3 (||eps||^2 + ||eps_hat||^2)``    innovation, both errors
+                   (7a), Sun et al. 2019
+``same-sample``    ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2 <= thr``   the gradient at theta_hat
+                   LASG-WK2, Chen, Yin, Sun 2020                                  on the same minibatch xi
+=================  ============================================================  ==========================
+
+``thr = (1/(alpha^2 M^2)) sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2`` is the same for every worker, so the
+server computes it (:func:`lazy_threshold`). Criterion (7b) wraps any lazy rule's server half
+(:class:`ForcedAfter`): after ``t_bar`` consecutive skips the upload is forced. Whatever the rule, the
+server forces the upload, *with a reset* to ``Q_hat = 0`` on both sides, of a worker it holds no copy of (new,
+or dropped while it was gone: it may come back with its old state) and of a worker whose last reply it lost
+(it cannot know whether the worker moved its ``Q_hat``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+DEFAULT_D = 10
+DEFAULT_XI_SUM = 0.8
+DEFAULT_T_BAR = 100
+
+WorkerKey = Hashable
+
+
+def default_xi(num_differences: int = DEFAULT_D, total: float = DEFAULT_XI_SUM) -> tuple[float, ...]:
+    """The paper's weights: ``xi_d = total / D`` for ``d = 1..D`` (0.8/D by default)."""
+    if num_differences < 1:
+        raise ValueError(f"D (the number of parameter differences) must be >= 1, got {num_differences}")
+    return (total / num_differences,) * num_differences
+
+
+def lazy_threshold(
+    recent_sq_diffs: Sequence[float], xi: Sequence[float], lr: float, num_workers: int, warmup: bool = False
+) -> float:
+    """Server part of (7a): ``(1/(alpha^2 M^2)) sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2``.
+
+    ``recent_sq_diffs[0]`` is the newest squared parameter difference ``||theta^k - theta^{k-1}||^2``.
+    Differences from before the first iteration are missing and count as zero, as the paper has it.
+    With ``warmup``, while fewer than D differences exist the total weight ``sum xi`` is spread
+    evenly over those that do (``xi_d = 0.8/k`` at iteration ``k <= D``), as the authors' ``LAQ.py`` does.
+    """
+    if warmup and 0 < len(recent_sq_diffs) < len(xi):
+        xi = (sum(xi) / len(recent_sq_diffs),) * len(recent_sq_diffs)
+    weighted = sum(weight * sq for weight, sq in zip(xi, recent_sq_diffs))
+    return weighted / (lr * lr * num_workers * num_workers)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What the server tells one worker with theta^k.
+
+    ``threshold`` is the shared part of the rule; ``force_upload`` is (7b), a first upload or a non-lazy
+    member; ``reset`` asks the worker to restart from ``Q_hat = 0`` because the server lost its last reply.
+    """
+
+    threshold: float
+    force_upload: bool
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a worker half may look at (squared norms, float64).
+
+    ``innovation_sq`` is ``||Q - Q_hat||^2``; ``error_sq`` ``||eps||^2 = ||g - Q||^2``; ``last_error_sq``
+    ``||eps_hat||^2`` of the last upload; ``same_sample_change`` ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2``
+    (``inf`` before the first upload), ``None`` unless the rule needs it.
+    """
+
+    innovation_sq: float
+    error_sq: float
+    last_error_sq: float
+    same_sample_change: float | None = None
+
+
+class ServerView(Protocol):
+    """What a server half may read of the server's state."""
+
+    recent_sq_diffs: Sequence[float]
+    skip_clocks: dict
+    copies: dict
+    out_of_sync: set
+
+
+class ServerHalf(ABC):
+    """Decides, per worker and round, the :class:`Instruction` to send, or ``None`` for no contact."""
+
+    @abstractmethod
+    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None: ...
+
+
+class WorkerHalf(ABC):
+    """Decides upload or skip; declares the evidence it needs beyond the innovation and errors."""
+
+    needs_same_sample: ClassVar[bool] = False
+
+    @abstractmethod
+    def skip(self, evidence: Evidence, threshold: float) -> bool: ...
+
+
+def _must_contact(server: ServerView, worker: WorkerKey) -> tuple[bool, bool]:
+    """(force, reset) that hold for every rule: a worker the server holds no copy of (new, or dropped
+    after it was gone) or whose last reply was lost must upload from ``Q_hat = 0``, whatever it still holds."""
+    reset = worker in server.out_of_sync or worker not in server.copies
+    return reset, reset
+
+
+class AlwaysUpload(ServerHalf):
+    """Every worker uploads every round."""
+
+    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
+        _, reset = _must_contact(server, worker)
+        return Instruction(threshold=0.0, force_upload=True, reset=reset)
+
+
+@dataclass(frozen=True)
+class SharedThreshold(ServerHalf):
+    """Sends (7a)'s shared threshold; forces only a first upload or a resync."""
+
+    xi: tuple[float, ...]
+    lr: float
+    num_workers: int
+    warmup: bool = False
+
+    def threshold(self, server: ServerView) -> float:
+        return lazy_threshold(server.recent_sq_diffs, self.xi, self.lr, self.num_workers, self.warmup)
+
+    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
+        force, reset = _must_contact(server, worker)
+        return Instruction(threshold=self.threshold(server), force_upload=force, reset=reset)
+
+
+@dataclass(frozen=True)
+class ForcedAfter(ServerHalf):
+    """(7b) around any server half: after ``t_bar`` consecutive skips (or rounds without contact) force the upload."""
+
+    inner: ServerHalf
+    t_bar: int
+
+    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None:
+        instruction = self.inner.instruct(server, worker)
+        if server.skip_clocks.get(worker, 0) < self.t_bar:
+            return instruction
+        if instruction is None:
+            return Instruction(threshold=0.0, force_upload=True)
+        return Instruction(threshold=instruction.threshold, force_upload=True, reset=instruction.reset)
+
+
+class NeverSkip(WorkerHalf):
+    def skip(self, evidence: Evidence, threshold: float) -> bool:
+        return False
+
+
+class InnovationTest(WorkerHalf):
+    """(7a): skip when ``||Q - Q_hat||^2 <= threshold + 3 (||eps||^2 + ||eps_hat||^2)``."""
+
+    def skip(self, evidence: Evidence, threshold: float) -> bool:
+        return evidence.innovation_sq <= threshold + 3.0 * (evidence.error_sq + evidence.last_error_sq)
+
+
+class SameSampleTest(WorkerHalf):
+    """LASG-WK2: skip when the gradient on this round's minibatch moved little since theta_hat."""
+
+    needs_same_sample = True
+
+    def skip(self, evidence: Evidence, threshold: float) -> bool:
+        if evidence.same_sample_change is None:
+            raise ValueError("the same-sample rule needs Evidence.same_sample_change")
+        return evidence.same_sample_change <= threshold
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """What a server half may be built from: xi (D weights), alpha, M, the warm-up switch and t_bar."""
+
+    xi: tuple[float, ...]
+    lr: float
+    num_workers: int
+    xi_warmup: bool = False
+    t_bar: int = DEFAULT_T_BAR
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    """A rule's two halves. ``lazy`` rules may skip; their server half is wrapped in (7b)."""
+
+    name: str
+    worker: WorkerHalf
+    make_server: Callable[[RuleSettings], ServerHalf]
+    lazy: bool = True
+
+    def server(self, settings: RuleSettings) -> ServerHalf:
+        half = self.make_server(settings)
+        return ForcedAfter(half, settings.t_bar) if self.lazy else half
+
+
+def _threshold(settings: RuleSettings) -> SharedThreshold:
+    return SharedThreshold(settings.xi, settings.lr, settings.num_workers, settings.xi_warmup)
+
+
+RULES: dict[str, SkipRule] = {
+    rule.name: rule
+    for rule in (
+        SkipRule("never", NeverSkip(), lambda settings: AlwaysUpload(), lazy=False),
+        SkipRule("innovation", InnovationTest(), _threshold),
+        SkipRule("same-sample", SameSampleTest(), _threshold),
+    )
+}
+"""Registry: name -> skip rule."""
+
+
+def rule_named(name: str) -> SkipRule:
+    """The registered rule ``name``; raises ``KeyError`` naming the registered ones."""
+    try:
+        return RULES[name]
+    except KeyError:
+        raise KeyError(f"unknown skip rule {name!r}; registered: {', '.join(RULES)}") from None
