@@ -47,8 +47,8 @@ class Memory(ABC):
         """
         return decoded.astype(dtype)
 
-    def update(self, state: WorkerState, target: np.ndarray, new_copy: np.ndarray) -> None:
-        """After an upload: update worker-only state (``target`` is what was compressed)."""
+    def update(self, state: WorkerState, target: np.ndarray, new_copy: np.ndarray) -> None:  # noqa: B027 - a hook
+        """After an upload: update worker-only state (``target`` is what was compressed); most keep none."""
 
 
 class NoMemory(Memory):

@@ -16,7 +16,7 @@ class RoundLog:
 
     Columns: ``round``, ``algorithm``, ``uploads``/``uploads-cum``, ``payload-bits``/``-cum``,
     ``uplink-bytes``/``-cum`` and ``downlink-bytes``/``-cum`` (measured from Flower's serialisation),
-    ``skips``, ``rejected``, ``train-loss`` (f(theta^{k-1})/M, reported by the workers),
+    ``skips``, ``rejected``, ``not-contacted``, ``train-loss`` (f(theta^{k-1})/M, reported by the workers),
     ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and ``wall-seconds``.
     """
 

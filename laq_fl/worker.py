@@ -12,7 +12,7 @@ One round, whatever the member:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -55,7 +55,7 @@ class WorkerState:
     last_error_sq: float = 0.0
     theta_hat: np.ndarray | None = None
     residual: np.ndarray | None = None
-    version: int = field(default=0)
+    version: int = 0
 
     @classmethod
     def zeros(cls, size: int, dtype: np.dtype | type = np.float32) -> WorkerState:

@@ -22,7 +22,8 @@ from experiments import DEFAULT_OUT_DIR, REPO_ROOT  # noqa: E402
 
 STYLE = {"gd": ("GD", "tab:blue"), "qgd": ("QGD", "tab:orange"), "lag": ("LAG", "tab:green"), "laq": ("LAQ", "tab:red"),
          "sgd": ("SGD", "tab:blue"), "qsgd": ("QSGD", "tab:orange"), "ssgd": ("SSGD", "tab:purple"),
-         "slaq": ("SLAQ (7a as printed)", "tab:gray"), "slaq-wk2": ("SLAQ-WK2", "tab:red"), "lasg": ("LASG", "tab:green")}
+         "slaq": ("SLAQ (7a as printed)", "tab:gray"), "slaq-wk2": ("SLAQ-WK2", "tab:red"), "lasg": ("LASG", "tab:green"),
+         "ef-signsgd": ("EF-SignSGD", "tab:brown"), "terngrad": ("TernGrad", "tab:olive"), "dgc": ("DGC (top 1%)", "tab:cyan")}
 
 
 def load_rows(results_dir: Path, results_file: str) -> list[dict]:

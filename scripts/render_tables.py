@@ -26,7 +26,7 @@ def main() -> None:
         print(f"`{summary['command']}` — {minutes:.0f} min on {summary['machine']} (revision {summary['revision']})\n")
         if summary.get("f_star") is not None:
             print(f"f*/M = {summary['f_star']:.10f}; runs end at loss residual <= {summary['tolerance']:g}\n")
-        print(markdown_table(summary["rows"], PAPER[path.stem], reference, lazy))
+        print(markdown_table(summary["rows"], PAPER[summary.get("paper", path.stem)], reference, lazy))
         print()
 
 

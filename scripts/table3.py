@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--reuse", action="store_true", help="read complete results files of earlier runs instead of re-running")
+    parser.add_argument("--name", help="summary file stem (default table3-<model>); the figure and table take it too")
     args = parser.parse_args()
     revision = git_revision()  # the code that runs is the code checked out now, not at the end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -52,14 +53,16 @@ def main() -> None:
         row, _ = flower_table_row(run_config, args.iterations, reuse=args.reuse)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    paper = f"table3-{args.model}"
     summary = {
-        "model": args.model, "bits": bits, "f_star": None, "machine": machine(), "revision": revision, "rows": rows,
+        "model": args.model, "bits": bits, "f_star": None, "machine": machine(), "revision": revision, "rows": rows, "paper": paper,
         "command": f"python scripts/table3.py --model {args.model} --iterations {args.iterations}"
-        + (f" --algorithms {' '.join(args.algorithms)}" if tuple(args.algorithms) != ALGORITHMS else ""),
+        + (f" --algorithms {' '.join(args.algorithms)}" if tuple(args.algorithms) != ALGORITHMS else "")
+        + (f" --name {args.name}" if args.name else ""),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"table3-{args.model}.json").write_text(json.dumps(summary, indent=2))
-    print(markdown_table(rows, PAPER[f"table3-{args.model}"], reference="sgd", lazy="slaq-wk2"))
+    (out_dir / f"{args.name or paper}.json").write_text(json.dumps(summary, indent=2))
+    print(markdown_table(rows, PAPER[paper], reference="sgd", lazy="slaq-wk2"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ import pytest
 
 from laq_fl.codec import PayloadError
 from laq_fl.compressors import COMPRESSORS, Compressor, NonFiniteError, build_compressor, compression_rng, compressor_from_spec
+from laq_fl.config import ALGORITHMS, AlgorithmConfig
+from laq_fl.server_state import ServerState
+from laq_fl.worker import WorkerParts, WorkerState, worker_round
 
 KNOBS = {"bits": 4, "density": 0.3, "float_bits": 32}
 NAMES = sorted(COMPRESSORS)
@@ -140,3 +143,21 @@ def test_zero_vector_sends_zeros(name: str) -> None:
     compressor = make(name)
     compressed = compress(compressor, np.zeros(10, np.float32))
     np.testing.assert_array_equal(compressor.decompress(compressed.payload, 10), np.zeros(10))
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_a_worker_gradient_in_any_byte_order_reaches_the_server_unchanged(algorithm: str) -> None:
+    config = AlgorithmConfig(algorithm=algorithm, bits=8, density=1.0)
+    grad = np.array([1.5, -2.25, 3.0], np.float32)
+    copies = []
+    for gradient in (grad, grad.astype(">f4")):
+        server = ServerState(np.zeros(3, np.float32), config, num_workers=1)
+        worker = WorkerState.zeros(3)
+        parts = WorkerParts(server.compressor, server.memory, config.rule.worker)
+        payload = worker_round(worker, gradient, parts, server.instruction(0), rng=compression_rng(0, 0, 0))
+        server.accept(0, payload)
+        np.testing.assert_array_equal(server.copies[0], worker.copy)
+        copies.append(server.copies[0])
+    np.testing.assert_array_equal(copies[0], copies[1])
+    if config.compressor().name == "identity":
+        np.testing.assert_array_equal(copies[1], [1.5, -2.25, 3.0])

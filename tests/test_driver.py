@@ -112,7 +112,7 @@ def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, 
         assert result.total_uploads < 40 * 4  # some skips, so the invariant was tested on stale copies
 
 
-def test_stochastic_runs_are_reproducible(synthetic_problem: Problem) -> None:
+def test_minibatch_runs_are_reproducible(synthetic_problem: Problem) -> None:
     config = AlgorithmConfig(algorithm="slaq", bits=3, batch_size=50)
     first = run_in_process(config, synthetic_problem, 10)
     second = run_in_process(config, synthetic_problem, 10)
