@@ -1,4 +1,4 @@
-"""Flower ServerApp: LAQ and its family (GD, QGD, LAG, SGD, SLAQ), configured by the run config."""
+"""Flower ServerApp: LAQ and its family (see laq_fl.config.ALGORITHMS), configured by the run config."""
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp

@@ -215,6 +215,8 @@ def _compressor(name: str, bits: int, density: float, float_bits: int) -> Compre
         return build_compressor(name, {"bits": bits, "density": density, "float_bits": float_bits})
     except ParameterError as error:
         raise ConfigError(error.parameter, str(error)) from None
+    except ValueError as error:  # a compressor that does not name its parameter
+        raise ConfigError("algorithm", f"compressor {name!r} refused its settings: {error}") from None
 
 
 @dataclass(frozen=True)

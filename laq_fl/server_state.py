@@ -34,8 +34,9 @@ class ServerState:
 
     def __init__(self, theta: np.ndarray, config: AlgorithmConfig, num_workers: int) -> None:
         theta = np.asarray(theta)
-        if theta.ndim != 1:
-            raise ValueError(f"theta must be a flat vector, got shape {theta.shape}")
+        if theta.ndim != 1 or theta.dtype.kind != "f":
+            raise ValueError(f"theta must be a flat float vector, got {theta.dtype} with shape {theta.shape}")
+        theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)  # broadcast in the machine's byte order, whatever came in
         self.config = config
         self.num_workers = num_workers
         self.compressor = config.compressor(theta.dtype)

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from laq_fl.compressors import Compressor
+from laq_fl.compressors.base import check_finite
 from laq_fl.memory import Memory
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
@@ -118,9 +119,10 @@ def worker_round(
     ``same_sample_change`` is the evidence of rules that need it; ``rng`` feeds random compressors.
     Raises :class:`~laq_fl.compressors.NonFiniteError` (changing nothing) for a NaN or inf gradient.
     """
+    gradient = np.asarray(grad).astype(np.float64)
+    check_finite(gradient)  # before the reset, so a refused gradient changes nothing
     if instruction.reset:
         state.reset()
-    gradient = np.asarray(grad).astype(np.float64)
     target = parts.memory.compensate(gradient, state)
     compressed = parts.compressor.compress(target, rng)
     new_copy = parts.memory.reconstruct(state.copy, compressed.value, state.copy.dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import tomllib
 
 from flwr.app import Context, RecordDict
@@ -29,7 +30,8 @@ def main() -> None:
     settings = parse_run_config(run_config)
     if args.quiet:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    grid = InProcessGrid(client_app, settings.num_clients, run_config)
+    # A fresh run id per call, as a SuperLink gives: results files without a run-name do not overwrite each other.
+    grid = InProcessGrid(client_app, settings.num_clients, run_config, seed=secrets.randbits(64))
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
     run_server(grid, context)
     print(summarize(results_path(settings, context.run_id)))

@@ -6,10 +6,21 @@ import numpy as np
 import pytest
 
 from laq_fl.codec import PayloadError
-from laq_fl.compressors import Grid, Qsgd, RandomSparsifier, ScaledSign, TernGrad, TopK, compression_rng, sparsify_probabilities
+from laq_fl.compressors import (
+    Grid,
+    NonFiniteError,
+    Qsgd,
+    RandomSparsifier,
+    ScaledSign,
+    TernGrad,
+    TopK,
+    compression_rng,
+    compressor_from_spec,
+    sparsify_probabilities,
+)
 from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import run_in_process
-from laq_fl.memory import ErrorFeedback
+from laq_fl.memory import ErrorFeedback, ReferenceCopy
 from laq_fl.problem import build_problem
 from laq_fl.run_config import parse_run_config
 from laq_fl.server_state import ServerState
@@ -191,3 +202,37 @@ def test_baselines_run_on_the_shared_machinery(algorithm: str, bits: int, densit
     assert not np.array_equal(result.theta, sgd.theta)
     again = run_in_process(config, problem, 30)
     np.testing.assert_array_equal(again.theta, result.theta)  # seeded draws: reproducible
+
+
+def test_top_k_count_is_the_exact_ceiling_for_decimal_densities() -> None:
+    assert [TopK(density).count(100) for density in (0.07, 0.14, 0.28, 0.55, 0.56, 0.071, 0.01)] == [7, 14, 28, 55, 56, 8, 1]
+
+
+@pytest.mark.parametrize("compressor", [Grid(4), Qsgd(4)])
+def test_bounds_hold_below_float32_range(compressor) -> None:
+    values = np.array([1e-46, -3e-47, 0.0])
+    compressed = compressor.compress(values, compression_rng(0, 0, 0))
+    assert np.max(np.abs(compressed.value - values)) <= compressor.error_bound(values)
+
+
+def test_a_decoder_that_raises_anything_becomes_a_payload_error() -> None:
+    class Careless(Grid):
+        def _decompress(self, buffer: np.ndarray, size: int) -> np.ndarray:
+            return buffer.view("<f2").astype(np.float64)  # no length check: odd lengths raise ValueError
+
+    with pytest.raises(PayloadError, match="could not decode"):
+        Careless(4).decompress(b"\x00\x00\x00", 2)
+
+
+def test_a_refused_gradient_changes_nothing_even_with_a_reset() -> None:
+    state = WorkerState(copy=np.ones(3, np.float32), last_error_sq=0.5, version=4)
+    parts = WorkerParts(Grid(4), ReferenceCopy(), NeverSkip())
+    with pytest.raises(NonFiniteError):
+        worker_round(state, np.array([np.nan, 0, 0], np.float32), parts, Instruction(0.0, force_upload=True, reset=True))
+    np.testing.assert_array_equal(state.copy, 1.0)
+    assert state.version == 4 and state.last_error_sq == 0.5
+
+
+def test_specs_carry_plain_numbers() -> None:
+    assert TopK(np.float64(0.1)).spec() == "top-k density=0.1"
+    assert compressor_from_spec(Qsgd(np.int64(3)).spec()) == Qsgd(3)

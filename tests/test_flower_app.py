@@ -127,3 +127,28 @@ def test_invalid_run_config_stops_before_round_one(tmp_path, task_identity, key:
 def test_pyproject_run_config_matches_the_schema() -> None:
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config == {key: default for key, (_, default) in RUN_CONFIG_SCHEMA.items()}
+
+
+def test_a_run_where_every_reply_fails_stops_with_the_reason(tmp_path, task_identity) -> None:
+    def broken(message: Message, context: Context) -> Message:
+        raise FileNotFoundError("MNIST not found under /nowhere")
+
+    run_config = {"dataset": "synthetic", "num-clients": 2, "rounds": 10, "out-dir": str(tmp_path), "run-name": "broken"}
+    grid = InProcessGrid(broken, 2, run_config)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config)
+    with pytest.raises(RuntimeError, match="3 consecutive rounds.*MNIST not found"):
+        run_server(grid, context)
+    rows = (tmp_path / "broken.jsonl").read_text().splitlines()
+    assert len(rows) == 3  # theta^0 and the two rounds before the third failure; nothing after
+
+
+def test_a_big_endian_theta0_is_broadcast_in_native_order(task_identity) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 2, "data-dir": "/unused"}
+    theta0 = FlatModel.named("logistic").initial_parameters("glorot", 0)
+    results = []
+    for start in (theta0, theta0.astype(">f4")):
+        strategy = LaqStrategy(AlgorithmConfig(algorithm="dgc", density=np.float64(0.1)), 2)
+        strategy.start(InProcessGrid(handle_train, 2, run_config), ArrayRecord([start]), num_rounds=3)
+        assert sum(strategy.round_metrics[r]["rejected"] for r in (1, 2, 3)) == 0
+        results.append(strategy.state.theta)
+    np.testing.assert_array_equal(results[0], results[1])

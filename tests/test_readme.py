@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -12,8 +13,8 @@ from flwr.app import Context, RecordDict
 
 from client_app import app as client_app
 from conftest import REPO_ROOT
-from laq_fl.compressors import COMPRESSORS, NonFiniteError
-from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
+from laq_fl.compressors import COMPRESSORS, NonFiniteError, register_compressor
+from laq_fl.config import ALGORITHMS, AlgorithmConfig, AlgorithmSpec, ConfigError, ProblemConfig, register_algorithm
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, run_server
 
@@ -80,3 +81,27 @@ def test_the_extending_example_runs_through_the_contract_and_the_flower_app(tmp_
     expected = run_in_process(AlgorithmConfig(algorithm="lag-fp16", lr=0.1),
                               ProblemConfig(dataset="synthetic", num_workers=3, data_dir="/unused"), rounds)
     assert [row["uploads"] for row in trained] == expected.column("uploads").tolist()
+
+
+def test_running_the_example_twice_re_registers_it(restore_registries) -> None:
+    for _ in range(2):  # a notebook cell run again, or importlib.reload
+        exec(compile(extending_example(), "README.md", "exec"), {"__name__": "readme_example"})
+    with pytest.raises(ValueError, match="already registered"):
+        exec(compile(extending_example(), "README.md", "exec"), {"__name__": "someone_else"})
+
+
+def test_a_compressor_refusing_its_settings_names_the_algorithm(restore_registries) -> None:
+    exec(compile(extending_example(), "README.md", "exec"), {"__name__": "readme_example"})
+
+    @dataclasses.dataclass(frozen=True)
+    class Fussy(COMPRESSORS["float16"]):
+        name = "fussy"
+
+        def __post_init__(self) -> None:
+            raise ValueError("no, thank you")
+
+    register_compressor(Fussy)
+    register_algorithm(AlgorithmSpec("fussy-gd", compressor="fussy", memory="none", rule="never"))
+    with pytest.raises(ConfigError) as info:
+        AlgorithmConfig(algorithm="fussy-gd")
+    assert info.value.key == "algorithm" and "no, thank you" in str(info.value)

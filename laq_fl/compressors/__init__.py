@@ -47,10 +47,11 @@ _RNG_STREAM = 0x51C0  # keeps compression draws independent of the minibatch dra
 def register_compressor(cls: type[Compressor]) -> type[Compressor]:
     """Add ``cls`` to :data:`COMPRESSORS` under ``cls.name`` (usable as a class decorator).
 
-    Raises ``ValueError`` if the name is taken by another class.
+    Raises ``ValueError`` if the name is taken by another class (the same class reloaded replaces it).
     """
     existing = COMPRESSORS.get(cls.name)
-    if existing is not None and existing is not cls:
+    reloaded = existing is not None and (existing.__module__, existing.__qualname__) == (cls.__module__, cls.__qualname__)
+    if existing is not None and existing is not cls and not reloaded:
         raise ValueError(f"a compressor named {cls.name!r} is already registered ({existing.__qualname__})")
     COMPRESSORS[cls.name] = cls
     return cls

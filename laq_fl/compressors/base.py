@@ -87,13 +87,7 @@ class Compressor(ABC):
         if values.ndim != 1 or values.dtype.kind != "f":
             raise ValueError(f"compress takes a flat float vector, got {values.dtype} with shape {values.shape}")
         values = values.astype(np.float64)  # native byte order from here on
-        finite = np.isfinite(values)
-        if not finite.all():
-            first = int(np.argmin(finite))
-            raise NonFiniteError(
-                f"the gradient to compress has {int(values.size - finite.sum())} non-finite value(s) "
-                f"(first at index {first}: {values[first]}); a NaN or inf gradient cannot be sent"
-            )
+        check_finite(values)
         if self.needs_rng and rng is None:
             raise ValueError(f"{self.name} is random: pass rng=compression_rng(seed, worker, iteration)")
         compressed = self._compress(values, rng)
@@ -106,7 +100,13 @@ class Compressor(ABC):
 
         Raises :class:`~laq_fl.codec.PayloadError` for anything malformed, before the caller changes any state.
         """
-        values = self._decompress(as_byte_array(payload), size)
+        buffer = as_byte_array(payload)
+        try:
+            values = self._decompress(buffer, size)
+        except PayloadError:
+            raise
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:  # a decoder that missed a check
+            raise PayloadError(f"{self.name} could not decode a {buffer.size}-byte payload: {exc}") from exc
         if values.shape != (size,) or values.dtype != np.float64:
             raise PayloadError(f"{self.name} decoded {values.dtype} of shape {values.shape}; expected ({size},) float64")
         if not np.all(np.isfinite(values)):
@@ -130,12 +130,23 @@ class Compressor(ABC):
         """``max_i |x_i - decompress(compress(x))_i|`` can reach at most this, for every draw of ``rng``."""
 
     def params(self) -> dict[str, Any]:
-        """The parameters that, with ``name``, rebuild an equal compressor."""
-        return dataclasses.asdict(self)
+        """The parameters that, with ``name``, rebuild an equal compressor (plain Python numbers)."""
+        return {key: value.item() if isinstance(value, np.generic) else value for key, value in dataclasses.asdict(self).items()}
 
     def spec(self) -> str:
         """``"name key=value ..."``, the compressor as one string (it travels in every instruction)."""
         return " ".join([self.name, *(f"{key}={value!r}" for key, value in sorted(self.params().items()))])
+
+
+def check_finite(values: np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` naming the first NaN or inf of a gradient."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise NonFiniteError(
+            f"the gradient has {int(values.size - finite.sum())} non-finite value(s) "
+            f"(first at index {first}: {values[first]}); a NaN or inf gradient cannot be sent"
+        )
 
 
 def check_size(buffer: np.ndarray, expected: int, what: str) -> None:

@@ -69,5 +69,6 @@ class Grid(Compressor):
         return 32 + self.bits * size
 
     def error_bound(self, vector: np.ndarray) -> float:
-        radius = float(np.float32(np.max(np.abs(vector)))) if vector.size else 0.0
-        return radius / (2**self.bits - 1)
+        largest = float(np.max(np.abs(vector), initial=0.0))
+        radius = float(np.float32(largest))
+        return radius / (2**self.bits - 1) if radius > 0 else largest  # below float32's range x travels as 0

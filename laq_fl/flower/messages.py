@@ -118,6 +118,7 @@ def read_train_request(message: Message) -> TrainRequest:
     content = message.content
     config = content.config_records[INSTRUCTION]
     (theta,) = [array_to_numpy(array) for array in content.array_records[THETA].values()]
+    theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
     return TrainRequest(
         theta=theta,
         iteration=int(config[ITERATION]),

@@ -32,6 +32,10 @@ from laq_fl.flower.wire import WireMeter
 from laq_fl.server_state import ServerState
 
 
+MAX_FAILED_ROUNDS = 3
+"""Consecutive rounds in which no contacted worker's reply was accepted before the run stops."""
+
+
 class LaqStrategy(Strategy):
     """Lazily aggregated, compressed gradient descent for any member of the family.
 
@@ -49,6 +53,12 @@ class LaqStrategy(Strategy):
         ``None`` until ``start`` (or the first ``configure_train``) gives it theta^0.
     round_metrics
         Per round: uploads, skips, rejected, not-contacted, payload-bits, uplink-bytes, downlink-bytes, train-loss.
+
+    Raises
+    ------
+    RuntimeError
+        From ``aggregate_train`` when no reply was accepted in ``MAX_FAILED_ROUNDS`` consecutive rounds
+        (every worker failing: a bad configuration, data missing on the nodes...), naming the errors.
     """
 
     def __init__(self, config: AlgorithmConfig, num_workers: int) -> None:
@@ -59,6 +69,7 @@ class LaqStrategy(Strategy):
         self._sent: dict[int, Message] = {}
         self._forced: set[int] = set()
         self._not_contacted: list[int] = []
+        self._failed_rounds = 0
 
     @property
     def batch_size(self) -> int:
@@ -69,6 +80,7 @@ class LaqStrategy(Strategy):
         """Run the rounds from theta^0 = ``initial_arrays`` (one flat float array); see ``Strategy.start``."""
         self.state = self._state_from(initial_arrays)
         self.round_metrics = {}
+        self._failed_rounds = 0
         return super().start(grid, initial_arrays, *args, **kwargs)
 
     def _state_from(self, arrays: ArrayRecord) -> ServerState:
@@ -135,6 +147,7 @@ class LaqStrategy(Strategy):
         meter = WireMeter()
         rejected = 0
         uplink = 0
+        reasons: list[str] = []
         for reply in replies:
             node = node_of_message.get(reply.metadata.reply_to_message_id)
             if node is None or node in accepted:
@@ -144,6 +157,7 @@ class LaqStrategy(Strategy):
                 uplink += meter.uplink_bytes(reply)
             if reply.has_error():
                 log(WARNING, "Round %d: node %d replied with error %s", server_round, node, reply.error.reason)
+                reasons.append(f"node {node}: {reply.error.reason}")
                 rejected += 1
                 continue
             try:
@@ -156,11 +170,20 @@ class LaqStrategy(Strategy):
                     raise PayloadError("skipped although the upload was forced (first upload, (7b) or a resync)")
             except PayloadError as error:
                 log(WARNING, "Round %d: rejected the reply of node %d, keeping its stale copy: %s", server_round, node, error)
+                reasons.append(f"node {node}: {error}")
                 rejected += 1
                 continue
             if new_copy is not None:
                 payload_bits += bits
             accepted[node] = (parsed.partition_id, parsed.loss, new_copy)
+
+        self._failed_rounds = self._failed_rounds + 1 if self._sent and not accepted else 0
+        if self._failed_rounds >= MAX_FAILED_ROUNDS:
+            raise RuntimeError(
+                f"round {server_round}: no reply was accepted in {self._failed_rounds} consecutive rounds, so the run "
+                f"cannot make progress; {len(reasons)} of {len(self._sent)} replies were errors, e.g. "
+                + "; ".join(reasons[:3] or ["no node replied within round-timeout"])
+            )
 
         # Same order as the in-process driver (worker 0..M-1), so the float64 aggregate matches it bit for bit.
         for node, (_, _, new_copy) in sorted(accepted.items(), key=lambda item: (item[1][0], item[0])):
