@@ -152,3 +152,20 @@ def test_a_big_endian_theta0_is_broadcast_in_native_order(task_identity) -> None
         assert sum(strategy.round_metrics[r]["rejected"] for r in (1, 2, 3)) == 0
         results.append(strategy.state.theta)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_copies_agree_bit_for_bit_after_30_rounds_through_the_grid(task_identity, algorithm: str) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused", "batch-size": 100}
+    config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.05, batch_size=100, t_bar=4, density=0.2)
+    grid = InProcessGrid(handle_train, 3, run_config)
+    strategy = LaqStrategy(config, 3)
+    strategy.start(grid, ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)]), num_rounds=30)
+    state = strategy.state
+    assert sum(strategy.round_metrics[r]["rejected"] for r in range(1, 31)) == 0
+    for node, context in grid.contexts.items():
+        worker = load_state(context, state.size, np.float32)
+        np.testing.assert_array_equal(state.copies[node], worker.copy)
+        assert state.versions[node] == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)
+    copies = sum(copy.astype(np.float64) for copy in state.copies.values())
+    np.testing.assert_allclose(state.aggregate, copies, rtol=1e-12, atol=1e-12)
