@@ -58,7 +58,7 @@ def unpack_levels(data: bytes | bytearray | memoryview | np.ndarray, bits: int, 
     """Inverse of :func:`pack_levels`; raises :class:`PayloadError` unless ``data`` is exactly the right size."""
     bits = validate_bits(bits)
     buffer = as_byte_array(data)
-    expected = packed_size(bits, count)
+    expected = (bits * count + 7) // 8
     if buffer.size != expected:
         raise PayloadError(
             f"packed levels are {buffer.size} bytes; {count} levels of {bits} bits need exactly {expected}"

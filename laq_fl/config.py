@@ -74,6 +74,9 @@ class AlgorithmSpec:
         ):
             if value not in registry:
                 raise ValueError(f"algorithm {self.name!r}: unknown {kind} {value!r}; registered: {', '.join(registry)}")
+        if MEMORIES[self.memory].keeps_residual and RULES[self.rule].lazy:
+            # On a skip nothing moves on either side, so the skipped gradient would be neither sent nor kept.
+            raise ValueError(f"algorithm {self.name!r}: the {self.memory} memory needs a rule that never skips")
         if self.gradients not in GRADIENTS:
             raise ValueError(f"algorithm {self.name!r}: gradients must be one of {GRADIENTS}, got {self.gradients!r}")
 

@@ -1,7 +1,7 @@
 """A plain in-process run of the LAQ family: M workers and the server, no Flower.
 
 This is the fast path for experiments and the oracle the Flower app must match exactly:
-every upload goes through the same codec bytes, server memory and rule as in the app.
+every upload goes through the same payload bytes, server state, memory and rule as in the app.
 """
 
 from __future__ import annotations

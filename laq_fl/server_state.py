@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 
 from laq_fl.config import AlgorithmConfig
-from laq_fl.skip_rules import Instruction, WorkerKey
+from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 
 class ServerState:
@@ -56,15 +56,20 @@ class ServerState:
         return self.theta.size
 
     def instruction(self, worker: WorkerKey) -> Instruction | None:
-        """The rule's server half: threshold, forced upload and reset for ``worker``, or ``None`` for no contact."""
-        return self.rule.instruct(self, worker)
+        """The rule's server half for ``worker`` (threshold, forced upload, or ``None`` for no contact), with a
+        forced reset upload on top whenever the worker needs a resync, whatever the half said."""
+        instruction = self.rule.instruct(self, worker)
+        if not needs_resync(self, worker):
+            return instruction
+        threshold = 0.0 if instruction is None else instruction.threshold
+        return Instruction(threshold=threshold, force_upload=True, reset=True)
 
     def decode(self, worker: WorkerKey, payload: bytes) -> np.ndarray:
         """The worker's new ``Q_m(theta^k)`` from its payload.
 
         Raises :class:`~laq_fl.codec.PayloadError` and changes nothing if the payload is malformed.
         """
-        previous = None if worker in self.out_of_sync else self.copies.get(worker)
+        previous = None if needs_resync(self, worker) else self.copies[worker]  # the worker was told to reset
         decoded = self.compressor.decompress(payload, self.size)
         return self.memory.reconstruct(previous, decoded, self.theta.dtype)
 
@@ -77,12 +82,12 @@ class ServerState:
 
     def commit(self, worker: WorkerKey, new_copy: np.ndarray) -> None:
         """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock."""
+        self.versions[worker] = (0 if needs_resync(self, worker) else self.versions[worker]) + 1
         previous = self.copies.get(worker)
         self.aggregate += new_copy
         if previous is not None:
             self.aggregate -= previous
         self.copies[worker] = new_copy
-        self.versions[worker] = (0 if worker in self.out_of_sync else self.versions.get(worker, 0)) + 1
         self.skip_clocks[worker] = 0
         self.out_of_sync.discard(worker)
 
@@ -102,6 +107,44 @@ class ServerState:
         self.versions.pop(worker, None)
         self.skip_clocks.pop(worker, None)
         self.out_of_sync.discard(worker)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as plain arrays, for a checkpoint: theta, the aggregate, the recent differences,
+        the iteration, and per worker (in ``workers`` order, keys as ``str``) its copy, version, clock and
+        out-of-sync flag. Workers without a copy but with a clock appear with a zero copy and version 0."""
+        workers = sorted(set(self.copies) | set(self.skip_clocks) | self.out_of_sync, key=str)
+        zeros = np.zeros_like(self.theta)
+        return {
+            "theta": self.theta,
+            "aggregate": self.aggregate,
+            "recent-sq-diffs": np.asarray(self.recent_sq_diffs, np.float64),
+            "iteration": np.asarray(self.iteration, np.int64),
+            "workers": np.asarray([str(worker) for worker in workers]),
+            "has-copy": np.asarray([worker in self.copies for worker in workers], bool),
+            "copies": np.asarray([self.copies.get(worker, zeros) for worker in workers]).reshape(len(workers), -1),
+            "versions": np.asarray([self.versions.get(worker, 0) for worker in workers], np.int64),
+            "skip-clocks": np.asarray([self.skip_clocks.get(worker, 0) for worker in workers], np.int64),
+            "out-of-sync": np.asarray([worker in self.out_of_sync for worker in workers], bool),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int) -> ServerState:
+        """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for node ids)."""
+        state = cls(np.asarray(arrays["theta"]), config, num_workers)
+        state.aggregate = np.array(arrays["aggregate"], np.float64)
+        state.recent_sq_diffs.extend(float(value) for value in arrays["recent-sq-diffs"])
+        state.iteration = int(arrays["iteration"])
+        columns = zip(arrays["workers"], arrays["has-copy"], arrays["copies"], arrays["versions"], arrays["skip-clocks"],
+                      arrays["out-of-sync"])
+        for name, has_copy, copy, version, clock, out_of_sync in columns:
+            worker = key(str(name))
+            if has_copy:
+                state.copies[worker] = np.array(copy, state.theta.dtype)
+                state.versions[worker] = int(version)
+            state.skip_clocks[worker] = int(clock)
+            if out_of_sync:
+                state.out_of_sync.add(worker)
+        return state
 
     def step(self) -> np.ndarray:
         """``theta^{k+1} = theta^k - alpha nabla^k`` (4); records the parameter difference for (7a)."""

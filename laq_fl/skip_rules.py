@@ -25,10 +25,13 @@ or dropped while it was gone: it may come back with its old state) and of a work
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
+
+import numpy as np
 
 DEFAULT_D = 10
 DEFAULT_XI_SUM = 0.8
@@ -95,10 +98,15 @@ class ServerView(Protocol):
     skip_clocks: dict
     copies: dict
     out_of_sync: set
+    theta: np.ndarray
+    iteration: int
 
 
 class ServerHalf(ABC):
-    """Decides, per worker and round, the :class:`Instruction` to send, or ``None`` for no contact."""
+    """Decides, per worker and round, the :class:`Instruction` to send, or ``None`` for no contact.
+
+    A half need not handle resyncs: the server forces a reset upload whenever :func:`needs_resync` holds.
+    """
 
     @abstractmethod
     def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None: ...
@@ -113,19 +121,18 @@ class WorkerHalf(ABC):
     def skip(self, evidence: Evidence, threshold: float) -> bool: ...
 
 
-def _must_contact(server: ServerView, worker: WorkerKey) -> tuple[bool, bool]:
-    """(force, reset) that hold for every rule: a worker the server holds no copy of (new, or dropped
-    after it was gone) or whose last reply was lost must upload from ``Q_hat = 0``, whatever it still holds."""
-    reset = worker in server.out_of_sync or worker not in server.copies
-    return reset, reset
+def needs_resync(server: ServerView, worker: WorkerKey) -> bool:
+    """True for a worker the server holds no copy of (new, or dropped while it was gone) or whose last reply
+    was lost: it must upload from ``Q_hat = 0``, whatever it still holds. The server applies this on top of
+    every rule's server half (:meth:`~laq_fl.server_state.ServerState.instruction`)."""
+    return worker in server.out_of_sync or worker not in server.copies
 
 
 class AlwaysUpload(ServerHalf):
     """Every worker uploads every round."""
 
     def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
-        _, reset = _must_contact(server, worker)
-        return Instruction(threshold=0.0, force_upload=True, reset=reset)
+        return Instruction(threshold=0.0, force_upload=True)
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,7 @@ class SharedThreshold(ServerHalf):
         return lazy_threshold(server.recent_sq_diffs, self.xi, self.lr, self.num_workers, self.warmup)
 
     def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
-        force, reset = _must_contact(server, worker)
-        return Instruction(threshold=self.threshold(server), force_upload=force, reset=reset)
+        return Instruction(threshold=self.threshold(server), force_upload=False)
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class ForcedAfter(ServerHalf):
             return instruction
         if instruction is None:
             return Instruction(threshold=0.0, force_upload=True)
-        return Instruction(threshold=instruction.threshold, force_upload=True, reset=instruction.reset)
+        return dataclasses.replace(instruction, force_upload=True)
 
 
 class NeverSkip(WorkerHalf):

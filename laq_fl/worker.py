@@ -43,13 +43,14 @@ class WorkerState:
         ``Q_hat_m``, the worker's last upload as the server rebuilt it (shape ``(p,)``, the run's dtype);
         the server holds the same copy, bit for bit.
     last_error_sq
-        ``||eps_hat_m||^2``, the squared error ``||g - Q_hat||^2`` of that upload, for (7a).
+        ``||eps_hat_m||^2 = ||g - Q||^2`` at the last upload (its gradient against what was rebuilt), for (7a).
     theta_hat
         ``theta_hat_m``, the iterate of the last upload; kept only by rules that need it (LASG-WK2).
     residual
         The error-feedback residual ``e`` (float64); kept only by memories that need it.
     version
-        Uploads since the last reset; the server counts the same, so a mismatch shows lost state.
+        Uploads since the last reset; the server counts the same per worker (tests compare the two), so a
+        later resync protocol can detect lost state without a new format.
     """
 
     copy: np.ndarray
@@ -117,17 +118,21 @@ def worker_round(
     """Steps 1-5 above for a gradient of shape ``(p,)``; returns the payload, or ``None`` for a skip.
 
     ``same_sample_change`` is the evidence of rules that need it; ``rng`` feeds random compressors.
-    Raises :class:`~laq_fl.compressors.NonFiniteError` (changing nothing) for a NaN or inf gradient.
+    Raises :class:`~laq_fl.compressors.NonFiniteError`, changing nothing, for a NaN or inf gradient or one
+    the compressor cannot represent.
     """
     gradient = np.asarray(grad).astype(np.float64)
-    check_finite(gradient)  # before the reset, so a refused gradient changes nothing
-    if instruction.reset:
-        state.reset()
-    target = parts.memory.compensate(gradient, state)
+    check_finite(gradient)
+    # A reset starts from Q_hat = 0, but the state changes only once the round has gone through:
+    # a refused gradient (NaN, or one the compressor cannot represent) leaves it as it was.
+    base = WorkerState.zeros(state.copy.size, state.copy.dtype) if instruction.reset else state
+    target = parts.memory.compensate(gradient, base)
     compressed = parts.compressor.compress(target, rng)
-    new_copy = parts.memory.reconstruct(state.copy, compressed.value, state.copy.dtype)
+    new_copy = parts.memory.reconstruct(base.copy, compressed.value, base.copy.dtype)
     error = gradient - new_copy
     error_sq = float(np.dot(error, error))
+    if instruction.reset:
+        state.reset()
     if not instruction.force_upload:
         innovation = new_copy - state.copy.astype(np.float64)
         evidence = Evidence(float(np.dot(innovation, innovation)), error_sq, state.last_error_sq, same_sample_change)

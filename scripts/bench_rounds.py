@@ -4,7 +4,7 @@
 
 For each number of clients M, the median seconds per round of:
   bare      a loop doing only the arithmetic: M full local gradients and their quantization, theta step
-  driver    laq_fl's in-process driver (codec bytes, rule, server memory)
+  driver    laq_fl's in-process driver (payload bytes, rule, server state)
   grid      the Flower app (ServerApp, LaqStrategy, ClientApp) through the in-process Grid
   flwr-run  the Flower app under `flwr run .` (Ray simulation, private SuperLink on 127.0.0.1)
   floor     a trivial Flower app with the same message sizes under `flwr run .` (Flower's own cost)
@@ -42,7 +42,8 @@ def bare_loop(clients: int, rounds: int, data_dir: str) -> list[float]:
         total = np.zeros(theta.shape, np.float64)
         for m, objective in enumerate(problem.objectives):
             _, grad = objective.loss_and_gradient(theta)
-            copies[m] = (copies[m] + grid.compress(grad - copies[m]).value).astype(np.float32)  # eq. (5)-(6)
+            innovation = grad.astype(np.float64) - copies[m]  # as the worker forms it, in float64
+            copies[m] = (grid.compress(innovation).value + copies[m]).astype(np.float32)  # eq. (5)-(6)
             total += copies[m]
         theta = (theta - 0.02 * total).astype(np.float32)
         seconds.append(time.perf_counter() - started)

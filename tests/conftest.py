@@ -26,6 +26,15 @@ def mnist_dir() -> str:
     return str(path)
 
 
+def assert_same_bits(actual, expected) -> None:
+    """Bit for bit: same dtype, shape and bytes (``assert_array_equal`` takes -0.0 for 0.0 and NaN for NaN)."""
+    import numpy as np
+
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.tobytes() == expected.tobytes()
+
+
 @pytest.fixture
 def task_identity():
     """Building a Flower Message outside a runtime needs the (private) task identity set."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_bits
 from torch.nn import functional as F
 
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
@@ -98,7 +99,7 @@ def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, 
         np.testing.assert_allclose(server.aggregate, copies, rtol=1e-12, atol=1e-12)
         for m, worker in enumerate(workers):
             # Server and worker hold the very same Q_m(theta_hat_m), bit for bit, and count the same uploads.
-            np.testing.assert_array_equal(server.copies[m], worker.copy)
+            assert_same_bits(server.copies[m], worker.copy)
             assert server.versions[m] == worker.version
         final_versions.update(server.versions)
         checked.append(k)
@@ -139,3 +140,23 @@ def test_stop_when_ends_the_run_at_the_first_match(synthetic_problem: Problem) -
     stopped = run_in_process(AlgorithmConfig(algorithm="gd"), synthetic_problem, 30, stop_when=lambda r: r.train_loss <= target)
     assert len(stopped.records) == 13
     np.testing.assert_array_equal(stopped.column("train_loss"), full.column("train_loss")[:13])
+
+
+def test_server_state_round_trips_through_arrays(synthetic_problem: Problem) -> None:
+    config = AlgorithmConfig(algorithm="laq", bits=3, t_bar=4)
+    saved = {}
+
+    def snapshot(k: int, server: ServerState, workers: list[WorkerState]) -> None:
+        if k == 9:
+            server.lost(2)  # a lost reply, so the flag is stored too
+            saved["server"] = {key: np.array(value, copy=True) for key, value in server.to_arrays().items()}
+            saved["workers"] = [{key: np.array(v, copy=True) for key, v in w.to_arrays().items()} for w in workers]
+
+    run_in_process(config, synthetic_problem, 10, on_iteration=snapshot)
+    back = ServerState.from_arrays(saved["server"], config, 4)
+    again = back.to_arrays()
+    assert saved["server"].keys() == again.keys()
+    for key, value in saved["server"].items():
+        assert_same_bits(again[key], value)
+    assert back.out_of_sync == {2} and back.instruction(2).reset
+    assert [back.versions[m] for m in range(4)] == [int(v["version"]) for v in saved["workers"]]

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from client_app import app as client_app
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_same_bits
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, LaqStrategy, run_server
@@ -49,7 +49,7 @@ def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorith
         density=extra.get("density", 0.5),
     )
     expected = run_in_process(algorithm_config, ProblemConfig(data_dir=mnist_dir), rounds)
-    np.testing.assert_array_equal(theta, expected.theta)
+    assert_same_bits(theta, expected.theta)
     trained = rows[1:]
     assert [row["round"] for row in rows] == list(range(rounds + 1))
     assert [row["uploads"] for row in trained] == expected.column("uploads").tolist()
@@ -165,7 +165,7 @@ def test_copies_agree_bit_for_bit_after_30_rounds_through_the_grid(task_identity
     assert sum(strategy.round_metrics[r]["rejected"] for r in range(1, 31)) == 0
     for node, context in grid.contexts.items():
         worker = load_state(context, state.size, np.float32)
-        np.testing.assert_array_equal(state.copies[node], worker.copy)
+        assert_same_bits(state.copies[node], worker.copy)
         assert state.versions[node] == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)
     copies = sum(copy.astype(np.float64) for copy in state.copies.values())
     np.testing.assert_allclose(state.aggregate, copies, rtol=1e-12, atol=1e-12)

@@ -23,6 +23,7 @@ from laq_fl.skip_rules import (
     default_xi,
     lazy_threshold,
 )
+from conftest import assert_same_bits
 from laq_fl.worker import THETA_HAT_KEY, WorkerParts, WorkerState, local_round, worker_round
 
 LAQ4 = WorkerParts(Grid(4), ReferenceCopy(), InnovationTest())
@@ -116,23 +117,58 @@ def test_forced_after_t_bar_skips() -> None:
     assert server.versions[0] == state.version == 3
 
 
+def parts_of(server: ServerState) -> WorkerParts:
+    return WorkerParts(server.compressor, server.memory, server.config.rule.worker)
+
+
 @pytest.mark.parametrize("name", [name for name, spec in ALGORITHMS.items() if not spec.lazy])
 def test_non_lazy_members_always_upload(name: str) -> None:
     server = ServerState(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
-    parts = WorkerParts(server.compressor, server.memory, server.config.rule.worker)
-    payload = worker_round(WorkerState.zeros(3), np.ones(3, np.float32), parts, server.instruction(0), rng=np.random.default_rng(0))
-    server.accept(0, payload)
-    assert server.instruction(0).force_upload
+    state = WorkerState.zeros(3)
+    grad = np.ones(3, np.float32)
+    for k in range(3):  # the same gradient again: a lazy rule would skip
+        payload = worker_round(state, grad, parts_of(server), server.instruction(0), same_sample_change=0.0,
+                               rng=np.random.default_rng(k))
+        assert payload is not None
+        server.accept(0, payload)
+    assert server.versions[0] == state.version == 3
 
 
 @pytest.mark.parametrize("name", [name for name, spec in ALGORITHMS.items() if spec.lazy])
-def test_lazy_members_may_skip_once_a_copy_exists(name: str) -> None:
+def test_lazy_members_skip_once_a_copy_exists(name: str) -> None:
     server = ServerState(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
     first = server.instruction(0)
     assert first.force_upload and first.reset  # no copy: upload from Q_hat = 0 whatever the worker holds
-    parts = WorkerParts(server.compressor, server.memory, server.config.rule.worker)
-    server.accept(0, worker_round(WorkerState.zeros(3), np.ones(3, np.float32), parts, first))
-    assert not server.instruction(0).force_upload and not server.instruction(0).reset
+    state = WorkerState.zeros(3)
+    grad = np.ones(3, np.float32)
+    server.accept(0, worker_round(state, grad, parts_of(server), first, rng=np.random.default_rng(0)))
+    server.recent_sq_diffs.append(1.0)  # theta moved: a positive threshold
+    second = server.instruction(0)
+    assert not second.force_upload and not second.reset and second.threshold > 0
+    # The same gradient (and, for the same-sample rule, no change on the minibatch): nothing new, so skip.
+    assert worker_round(state, grad, parts_of(server), second, same_sample_change=0.0, rng=np.random.default_rng(1)) is None
+
+
+def test_a_resync_overrides_any_server_half() -> None:
+    """A lost reply is followed by a reset upload even when the rule's server half would not contact the worker."""
+    server = ServerState(np.zeros(3, np.float32), AlgorithmConfig(algorithm="lag", t_bar=5), num_workers=1)
+    server.rule = ForcedAfter(EveryOtherRound(), t_bar=1)
+    worker = WorkerState.zeros(3)
+    parts = parts_of(server)
+    rng = np.random.default_rng(0)
+    server.accept(0, worker_round(worker, rng.normal(size=3).astype(np.float32), parts, server.instruction(0)))
+    server.step()  # iteration 1: the half leaves the worker alone
+    assert server.instruction(0) is None
+    server.skip(0)
+    server.step()  # iteration 2: contacted, the worker moves its copy, the reply is lost
+    worker_round(worker, rng.normal(size=3).astype(np.float32), parts, server.instruction(0))
+    server.lost(0)
+    server.step()  # iteration 3: the half would send a plain forced upload; the server makes it a reset
+    instruction = server.instruction(0)
+    assert instruction.force_upload and instruction.reset
+    server.accept(0, worker_round(worker, rng.normal(size=3).astype(np.float32), parts, instruction))
+    assert_same_bits(server.copies[0], worker.copy)
+    assert server.versions[0] == worker.version == 1
 
 
 def test_worker_state_round_trips_through_arrays() -> None:
@@ -217,9 +253,16 @@ def test_forced_after_turns_no_contact_into_a_forced_upload() -> None:
     assert wrapped.instruct(server, 0) is None
     server.skip_clocks[0] = 2
     assert wrapped.instruct(server, 0) == Instruction(0.0, force_upload=True)
-    assert isinstance(SharedThreshold((0.1,), 0.1, 1).instruct(server, 0), Instruction)
+    server.recent_sq_diffs.extend([4.0])
+    assert SharedThreshold((0.5,), 1.0, 2).instruct(server, 0) == Instruction(0.5 * 4.0 / 4, force_upload=False)
 
 
 def test_gd_parts_are_identity_and_no_memory() -> None:
     config = AlgorithmConfig(algorithm="laq", bits=32)
     assert config.compressor() == Identity() and isinstance(config.memory, NoMemory)
+
+
+def test_error_feedback_with_a_lazy_rule_is_refused() -> None:
+    # On a skip nothing moves, so a skipped gradient would be neither sent nor kept in the residual.
+    with pytest.raises(ValueError, match="never skips"):
+        AlgorithmSpec("lazy-ef", "scaled-sign", "error-feedback", "innovation")

@@ -31,6 +31,7 @@ from laq_fl.codec import PayloadError, as_byte_array
 
 FLOAT32_LE = np.dtype("<f4")
 FLOAT64_LE = np.dtype("<f8")
+"""The floats that travel: little-endian, whatever the machine."""
 SCALE_BYTES = 4
 """One little-endian float32 scale (a radius or a norm) at the start of a payload."""
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from laq_fl.compressors.base import Compressed, Compressor, ParameterError, check_size
+from laq_fl.compressors.base import FLOAT32_LE, FLOAT64_LE, Compressed, Compressor, ParameterError, check_size
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Identity(Compressor):
 
     @property
     def _wire(self) -> np.dtype:
-        return np.dtype("<f4" if self.float_bits == 32 else "<f8")
+        return FLOAT32_LE if self.float_bits == 32 else FLOAT64_LE
 
     def _compress(self, values: np.ndarray, rng: np.random.Generator | None) -> Compressed:
         sent = values.astype(self._wire)

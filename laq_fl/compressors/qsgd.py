@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from laq_fl.codec import MAX_CODE_BITS, PayloadError, pack_levels, unpack_levels
+from laq_fl.codec import MAX_CODE_BITS, PayloadError, level_dtype, pack_levels, unpack_levels
 from laq_fl.compressors.base import SCALE_BYTES, Compressed, Compressor, check_int, check_size, read_scale, scale_bytes
 
 
@@ -54,7 +54,7 @@ class Qsgd(Compressor):
             magnitude = lower + (rng.random(values.shape) < scaled - lower)
             np.minimum(magnitude, s, out=magnitude)  # |x_i| may exceed the float32-rounded norm by an ulp
             codes += (np.sign(values) * magnitude).astype(np.int64)
-        codes = codes.astype(np.uint8 if self.bits <= 8 else np.uint16)
+        codes = codes.astype(level_dtype(self.bits))
         payload = scale_bytes(norm) + pack_levels(codes, self.bits)
         return Compressed(payload=payload, value=self._dequantize(codes, float(norm)))
 

@@ -87,7 +87,7 @@ def store_state(context: Context, state: WorkerState) -> None:
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    """Steps 6-13 of Algorithm 2 on this node; replies with the packed innovation or an empty skip."""
+    """Steps 6-13 of Algorithm 2 on this node; replies with the compressor's payload or an empty skip."""
     settings = settings_of(context)
     problem = settings.problem
     partition_id = partition_of(context, problem.num_workers)

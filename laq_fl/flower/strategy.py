@@ -96,7 +96,7 @@ class LaqStrategy(Strategy):
             "\t%s: algorithm=%s compressor=%s memory=%s rule=%s lr=%s D=%d sum(xi)=%.3g t_bar=%d batch=%s M=%d",
             type(self).__name__,
             config.algorithm,
-            config.compressor().spec(),
+            (self.state.compressor if self.state else config.compressor()).spec(),
             config.memory.name,
             config.spec.rule,
             config.lr,
