@@ -18,7 +18,6 @@ from typing import Protocol
 import numpy as np
 
 from laq_fl.compressors import Compressor
-from laq_fl.compressors.base import check_finite
 from laq_fl.memory import Memory
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
@@ -122,7 +121,6 @@ def worker_round(
     the compressor cannot represent.
     """
     gradient = np.asarray(grad).astype(np.float64)
-    check_finite(gradient)
     # A reset starts from Q_hat = 0, but the state changes only once the round has gone through:
     # a refused gradient (NaN, or one the compressor cannot represent) leaves it as it was.
     base = WorkerState.zeros(state.copy.size, state.copy.dtype) if instruction.reset else state
