@@ -21,12 +21,20 @@ slaq-wk2    grid (b bits)    reference        same-sample   minibatch
 ef-signsgd  scaled-sign      error-feedback   never         minibatch
 terngrad    terngrad         none             never         minibatch
 dgc         top-k            error-feedback   never         minibatch
+lag-ps      identity         none             ps            full
+laq-ps      grid (b bits)    reference        ps            full
+lasg-ps     identity         none             ps            minibatch
+slaq-ps     grid (b bits)    reference        ps            minibatch
 ==========  ===============  ===============  ============  ==========
 
 ``bits = 32`` means no quantization: a grid member then runs as its unquantized sibling (identity compressor,
 no memory: QGD as GD, LAQ as LAG), which is what the paper's b = 32 means. ``innovation`` is rule (7a)-(7b);
 ``same-sample`` is LASG-WK2's test, which compares gradients on the same minibatch so that sampling noise does
-not count as innovation. A new member is one :func:`register_algorithm` call.
+not count as innovation; ``ps`` is LAG-PS / LASG-PS's server-side rule (the server does not contact a worker
+whose iterate moved little since its last upload). A new member is one :func:`register_algorithm` call.
+
+Any member can quantize the server's broadcast too (two-way LAQ, :mod:`laq_fl.downlink`): ``downlink_bits``
+below 32 sends the iterate's innovation on LAQ's b-bit grid instead of theta in full.
 """
 
 from __future__ import annotations
@@ -116,6 +124,10 @@ for _spec in (
     AlgorithmSpec("ef-signsgd", "scaled-sign", "error-feedback", "never", MINIBATCH),
     AlgorithmSpec("terngrad", "terngrad", "none", "never", MINIBATCH),
     AlgorithmSpec("dgc", "top-k", "error-feedback", "never", MINIBATCH),
+    AlgorithmSpec("lag-ps", "identity", "none", "ps"),
+    AlgorithmSpec("laq-ps", "grid", "reference", "ps"),
+    AlgorithmSpec("lasg-ps", "identity", "none", "ps", MINIBATCH),
+    AlgorithmSpec("slaq-ps", "grid", "reference", "ps", MINIBATCH),
 ):
     register_algorithm(_spec)
 
@@ -151,6 +163,8 @@ class AlgorithmConfig:
     ``bits`` (1..16, or 32 for none) and ``density`` ((0, 1], the fraction of coordinates sent) go to the
     compressors that take them. ``xi_warmup`` spreads the weights over the differences that exist in the first D iterations, as the
     authors' script does (the paper counts the missing ones as zero); see :func:`laq_fl.skip_rules.lazy_threshold`.
+    ``downlink_bits`` (1..16, or 32 for none) quantizes the broadcast (two-way LAQ); ``smoothness`` is ``L_m`` of
+    the ``ps`` rule, the same for every worker (0: the server estimates it per worker).
     """
 
     algorithm: str = "laq"
@@ -161,6 +175,8 @@ class AlgorithmConfig:
     batch_size: int = 500
     density: float = 0.5
     xi_warmup: bool = False
+    downlink_bits: int = FULL_PRECISION
+    smoothness: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("algorithm", self.algorithm, list(ALGORITHMS))
@@ -180,6 +196,19 @@ class AlgorithmConfig:
         if self.density > 1:
             raise ConfigError("density", f"is the fraction of coordinates sent, in (0, 1]; got {self.density}")
         self.compressor()  # the compressor checks its own parameters, reported under the setting's name
+        bits = self.downlink_bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == FULL_PRECISION):
+            raise ConfigError("downlink_bits", f"must be in 1..16, or 32 to broadcast theta in full; got {bits!r}")
+        _positive_float("smoothness", self.smoothness, allow_zero=True)
+
+    @property
+    def two_way(self) -> bool:
+        """True when the broadcast is quantized (two-way LAQ)."""
+        return self.downlink_bits != FULL_PRECISION
+
+    def downlink_compressor(self, dtype: np.dtype | type | str = np.float32) -> Compressor | None:
+        """LAQ's grid with ``downlink_bits`` for the iterate's innovation, or ``None`` to broadcast theta itself."""
+        return _compressor(Grid.name, self.downlink_bits, self.density, 8 * np.dtype(dtype).itemsize) if self.two_way else None
 
     @property
     def spec(self) -> AlgorithmSpec:
@@ -209,7 +238,7 @@ class AlgorithmConfig:
         return len(self.xi)
 
     def rule_settings(self, num_workers: int) -> RuleSettings:
-        return RuleSettings(self.xi, self.lr, num_workers, self.xi_warmup, self.t_bar)
+        return RuleSettings(self.xi, self.lr, num_workers, self.xi_warmup, self.t_bar, self.smoothness)
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,6 +23,7 @@ from laq_fl.worker import WorkerParts, WorkerState, local_round
 @dataclass(frozen=True)
 class IterationRecord:
     """Iteration k: uploads and losses at ``theta^k``; test metrics at ``theta^{k+1}``, the model it produced.
+    With two-way broadcasts both are at the workers' ``theta_tilde`` (the model everyone holds).
 
     This is the row of round ``k + 1`` in the Flower app's results file.
     """
@@ -30,6 +31,7 @@ class IterationRecord:
     iteration: int
     uploads: int
     payload_bits: int
+    """Uplink: the compressors' counts over this iteration's uploads."""
     train_loss: float
     """``f(theta^k) / M``; for minibatch members, on the full data only at evaluated iterations (else NaN)."""
     minibatch_loss: float
@@ -37,6 +39,12 @@ class IterationRecord:
     test_loss: float
     test_accuracy: float
     seconds: float
+    downlink_bits: int = 0
+    """The iterate's bits in this iteration's broadcasts: ``32 p`` per worker contacted one-way; two-way, the
+    downlink compressor's count per innovation sent, or ``32 p`` for a full ``theta_tilde``."""
+    full_broadcasts: int = 0
+    """Two-way: workers sent the full ``theta_tilde`` (first contact, or behind by more than the recent innovations)."""
+    contacted: int = 0
 
 
 @dataclass
@@ -56,6 +64,10 @@ class RunResult:
     @property
     def total_bits(self) -> int:
         return int(sum(record.payload_bits for record in self.records))
+
+    @property
+    def total_downlink_bits(self) -> int:
+        return int(sum(record.downlink_bits for record in self.records))
 
 
 IterationCallback = Callable[[int, ServerState, list[WorkerState]], None]
@@ -89,21 +101,29 @@ def run_in_process(
     workers = [WorkerState.zeros(problem.size, dtype) for _ in range(num_workers)]
     result = RunResult(algorithm=algorithm, problem=config)
 
+    downlink = None if server.downlink is None else server.downlink.compressor
     for k in range(iterations):
         started = time.perf_counter()
-        theta = server.theta
+        theta = server.iterate  # where the workers compute: theta^k, or theta_tilde^k with two-way broadcasts
         uploads = 0
         bits_sent = 0
+        downlink_bits = 0
+        full_broadcasts = 0
         losses = []
         for m, (objective, state) in enumerate(zip(problem.objectives, workers)):
             instruction = server.instruction(m)
             if instruction is None:  # the rule's server half does not contact m this round
                 server.skip(m)
                 continue
+            broadcast = server.broadcast(m)
+            downlink_bits += broadcast.payload_bits(downlink, problem.size)
+            full_broadcasts += broadcast.full and downlink is not None
+            worker_theta = state.receive(broadcast, downlink)
             batch = minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if minibatch else None
             rng = compression_rng(config.seed, m, k) if parts.compressor.needs_rng else None
-            loss, payload = local_round(state, objective, theta, parts, instruction, batch=batch, rng=rng)
+            loss, payload = local_round(state, objective, worker_theta, parts, instruction, batch=batch, rng=rng)
             losses.append(loss)
+            server.delivered(m)
             if payload is None:
                 server.skip(m)
             else:
@@ -113,12 +133,15 @@ def run_in_process(
 
         evaluated = evaluate_every > 0 and (k % evaluate_every == 0 or k == iterations - 1)
         minibatch_loss = float(np.mean(losses)) if losses else float("nan")
-        if not minibatch:
+        if not minibatch and len(losses) == num_workers:
             train_loss = minibatch_loss
+        elif not minibatch:  # a server-side rule left workers out: f(theta)/M computed here, every iteration
+            train_loss = problem.training_loss(theta)
         else:
             train_loss = problem.training_loss(theta) if evaluated else float("nan")
-        new_theta = server.step()
-        test_loss, test_accuracy = problem.test_metrics(new_theta) if evaluated else (float("nan"), float("nan"))
+        server.step()
+        model = server.iterate  # theta^{k+1}, or theta_tilde^{k+1}: the model the workers will hold
+        test_loss, test_accuracy = problem.test_metrics(model) if evaluated else (float("nan"), float("nan"))
         result.records.append(
             IterationRecord(
                 iteration=k,
@@ -129,11 +152,14 @@ def run_in_process(
                 test_loss=test_loss,
                 test_accuracy=test_accuracy,
                 seconds=time.perf_counter() - started,
+                downlink_bits=downlink_bits,
+                full_broadcasts=full_broadcasts,
+                contacted=len(losses),
             )
         )
         if on_iteration is not None:
             on_iteration(k, server, workers)
         if stop_when is not None and stop_when(result.records[-1]):
             break
-    result.theta = server.theta
+    result.theta = server.iterate
     return result

@@ -7,6 +7,7 @@ from collections import deque
 import numpy as np
 
 from laq_fl.config import AlgorithmConfig
+from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 
@@ -30,6 +31,15 @@ class ServerState:
         moved its ``Q_hat``, so it keeps the stale copy for now and asks for a reset upload.
     recent_sq_diffs
         ``||theta^{k+1-d} - theta^{k-d}||^2`` for ``d = 1..D``, newest first, for (7a).
+    downlink
+        Two-way broadcasts (``downlink_bits < 32``): ``theta_tilde``, the iterate the workers hold, its version and
+        recent innovations (:class:`~laq_fl.downlink.Downlink`); ``None`` when theta itself is broadcast.
+    theta_versions
+        The version of ``theta_tilde`` each worker holds, as far as its accepted replies show (two-way only).
+    upload_iterates, smoothness
+        For server-side rules (``needs_upload_iterates``): the iterate of each worker's last upload
+        (``theta_hat_m``, at which it computed) and the estimate ``L_m`` of its gradient's Lipschitz constant,
+        the largest secant ``||Q_new - Q_old|| / ||theta_new - theta_hat_m||`` seen over its uploads.
     """
 
     def __init__(self, theta: np.ndarray, config: AlgorithmConfig, num_workers: int) -> None:
@@ -50,6 +60,36 @@ class ServerState:
         self.out_of_sync: set[WorkerKey] = set()
         self.recent_sq_diffs: deque[float] = deque(maxlen=config.num_differences)
         self.iteration = 0
+        downlink_compressor = config.downlink_compressor(theta.dtype)
+        self.downlink = None if downlink_compressor is None else Downlink(self.theta, downlink_compressor)
+        self.theta_versions: dict[WorkerKey, int] = {}
+        self.keeps_upload_iterates = getattr(self.rule, "needs_upload_iterates", False)
+        self.upload_iterates: dict[WorkerKey, np.ndarray] = {}
+        self.smoothness: dict[WorkerKey, float] = {}
+
+    @property
+    def iterate(self) -> np.ndarray:
+        """Where the workers compute their gradients this round: ``theta_tilde`` with two-way broadcasts, else theta."""
+        return self.theta if self.downlink is None else self.downlink.theta_tilde
+
+    def broadcast(self, worker: WorkerKey) -> Broadcast:
+        """What ``worker`` receives this round: theta (one-way), or what brings its ``theta_tilde`` up to date."""
+        if self.downlink is None:
+            return Broadcast(version=NO_VERSION, theta=self.theta)
+        return self.downlink.broadcast(self.theta_versions.get(worker, NO_VERSION))
+
+    def delivered(self, worker: WorkerKey) -> None:
+        """``worker``'s reply was accepted: it holds the current ``theta_tilde``."""
+        if self.downlink is not None:
+            self.theta_versions[worker] = self.downlink.version
+
+    def checksum(self, worker: WorkerKey) -> int:
+        """The checksum ``worker``'s state must have if it agrees with the server (:meth:`WorkerState.checksum`):
+        its copy (zeros before the first upload) and, two-way, the current ``theta_tilde``."""
+        copy = self.copies.get(worker)
+        if copy is None:
+            copy = np.zeros_like(self.theta)
+        return state_checksum(copy, None if self.downlink is None else self.downlink.theta_tilde)
 
     @property
     def size(self) -> int:
@@ -84,6 +124,8 @@ class ServerState:
         """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock."""
         self.versions[worker] = (0 if needs_resync(self, worker) else self.versions[worker]) + 1
         previous = self.copies.get(worker)
+        if self.keeps_upload_iterates:
+            self._record_upload_iterate(worker, previous, new_copy)
         self.aggregate += new_copy
         if previous is not None:
             self.aggregate -= previous
@@ -91,13 +133,25 @@ class ServerState:
         self.skip_clocks[worker] = 0
         self.out_of_sync.discard(worker)
 
+    def _record_upload_iterate(self, worker: WorkerKey, previous: np.ndarray | None, new_copy: np.ndarray) -> None:
+        iterate = self.iterate
+        last = self.upload_iterates.get(worker)
+        if previous is not None and last is not None and worker not in self.out_of_sync:
+            moved = float(np.linalg.norm(iterate.astype(np.float64) - last))
+            if moved > 0:
+                change = float(np.linalg.norm(new_copy.astype(np.float64) - previous))
+                self.smoothness[worker] = max(self.smoothness.get(worker, 0.0), change / moved)
+        self.upload_iterates[worker] = iterate.copy()
+
     def skip(self, worker: WorkerKey) -> None:
         """The worker uploaded nothing (or was not contacted): keep its stale copy, advance its clock."""
         self.skip_clocks[worker] = self.skip_clocks.get(worker, 0) + 1
 
     def lost(self, worker: WorkerKey) -> None:
-        """A reply from ``worker`` was lost or rejected: reuse its stale copy this round, resync next round."""
+        """A reply from ``worker`` was lost or rejected: reuse its stale copy this round, resync next round
+        (a reset upload and, two-way, the full ``theta_tilde``: the server cannot know what the worker applied)."""
         self.out_of_sync.add(worker)
+        self.theta_versions.pop(worker, None)
 
     def forget(self, worker: WorkerKey) -> None:
         """Drop a worker's copy (a node that is gone); its next upload is forced and starts from zero."""
@@ -107,14 +161,20 @@ class ServerState:
         self.versions.pop(worker, None)
         self.skip_clocks.pop(worker, None)
         self.out_of_sync.discard(worker)
+        self.theta_versions.pop(worker, None)
+        self.upload_iterates.pop(worker, None)
+        self.smoothness.pop(worker, None)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The whole state as plain arrays, for a checkpoint: theta, the aggregate, the recent differences,
-        the iteration, and per worker (in ``workers`` order, keys as ``str``) its copy, version, clock and
-        out-of-sync flag. Workers without a copy but with a clock appear with a zero copy and version 0."""
-        workers = sorted(set(self.copies) | set(self.skip_clocks) | self.out_of_sync, key=str)
+        the iteration, ``theta_tilde`` and its version (two-way), and per worker (in ``workers`` order, keys as
+        ``str``) its copy, version, clock, out-of-sync flag and known ``theta_tilde`` version. Workers without a
+        copy but with a clock appear with a zero copy and version 0. The recent innovations, the upload iterates
+        and the smoothness estimates are not kept: after a restore, workers behind get the full iterate and
+        server-side rules contact each worker once before they skip it again."""
+        workers = sorted(set(self.copies) | set(self.skip_clocks) | self.out_of_sync | set(self.theta_versions), key=str)
         zeros = np.zeros_like(self.theta)
-        return {
+        arrays = {
             "theta": self.theta,
             "aggregate": self.aggregate,
             "recent-sq-diffs": np.asarray(self.recent_sq_diffs, np.float64),
@@ -125,7 +185,11 @@ class ServerState:
             "versions": np.asarray([self.versions.get(worker, 0) for worker in workers], np.int64),
             "skip-clocks": np.asarray([self.skip_clocks.get(worker, 0) for worker in workers], np.int64),
             "out-of-sync": np.asarray([worker in self.out_of_sync for worker in workers], bool),
+            "theta-versions": np.asarray([self.theta_versions.get(worker, NO_VERSION) for worker in workers], np.int64),
         }
+        if self.downlink is not None:
+            arrays.update(self.downlink.to_arrays())
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int) -> ServerState:
@@ -134,9 +198,12 @@ class ServerState:
         state.aggregate = np.array(arrays["aggregate"], np.float64)
         state.recent_sq_diffs.extend(float(value) for value in arrays["recent-sq-diffs"])
         state.iteration = int(arrays["iteration"])
+        if state.downlink is not None:
+            state.downlink.theta_tilde = np.array(arrays["theta-tilde"], state.theta.dtype)
+            state.downlink.version = int(arrays["theta-version"])
         columns = zip(arrays["workers"], arrays["has-copy"], arrays["copies"], arrays["versions"], arrays["skip-clocks"],
-                      arrays["out-of-sync"])
-        for name, has_copy, copy, version, clock, out_of_sync in columns:
+                      arrays["out-of-sync"], arrays["theta-versions"])
+        for name, has_copy, copy, version, clock, out_of_sync, theta_version in columns:
             worker = key(str(name))
             if has_copy:
                 state.copies[worker] = np.array(copy, state.theta.dtype)
@@ -144,6 +211,8 @@ class ServerState:
             state.skip_clocks[worker] = int(clock)
             if out_of_sync:
                 state.out_of_sync.add(worker)
+            if theta_version != NO_VERSION and state.downlink is not None:
+                state.theta_versions[worker] = int(theta_version)
         return state
 
     def step(self) -> np.ndarray:
@@ -151,6 +220,8 @@ class ServerState:
         new_theta = (self.theta.astype(np.float64) - self.config.lr * self.aggregate).astype(self.theta.dtype)
         difference = new_theta.astype(np.float64) - self.theta
         self.recent_sq_diffs.appendleft(float(np.dot(difference, difference)))
+        if self.downlink is not None:
+            self.downlink.step(new_theta)
         self.theta = new_theta
         self.iteration += 1
         return new_theta

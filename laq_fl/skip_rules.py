@@ -13,6 +13,8 @@ rule               worker skips when                                            
                    (7a), Sun et al. 2019
 ``same-sample``    ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2 <= thr``   the gradient at theta_hat
                    LASG-WK2, Chen, Yin, Sun 2020                                  on the same minibatch xi
+``ps``             not contacted when ``L_m^2 ||theta^k - theta_hat_m||^2 <= thr``   -- (the server decides)
+                   LAG-PS, Chen et al. 2018; LASG-PS, Chen, Yin, Sun 2020
 =================  ============================================================  ==========================
 
 ``thr = (1/(alpha^2 M^2)) sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2`` is the same for every worker, so the
@@ -21,6 +23,16 @@ server computes it (:func:`lazy_threshold`). Criterion (7b) wraps any lazy rule'
 server forces the upload, *with a reset* to ``Q_hat = 0`` on both sides, of a worker it holds no copy of (new,
 or dropped while it was gone: it may come back with its old state) and of a worker whose last reply it lost
 (it cannot know whether the worker moved its ``Q_hat``).
+
+``ps`` is the server-side rule: before the round the server skips worker m -- no message, no computation, no
+reply, its stale copy stays in the aggregate -- when ``L_m^2 ||theta^k - theta_hat_m||^2`` (``theta_hat_m``: the
+iterate of m's last upload) is at most the same threshold, LAG-PS's condition (Chen, Giannakis, Sun, Yin 2018):
+by L_m-smoothness of f_m the skipped worker's gradient moved at most ``L_m ||theta^k - theta_hat_m||``. ``L_m`` is
+the run's ``smoothness`` when it is set (LASG's code uses one constant for every worker), else the server's
+estimate from m's own uploads: the largest secant ``||Q_m(new) - Q_m(old)|| / ||theta_new - theta_old||`` seen
+(a smoothness constant is a supremum; before a worker's second upload it is always contacted). The estimate needs
+no setting and no knowledge of the task, but it is measured on quantized and, for minibatch members, stochastic
+gradients, which make it larger than the true constant, so the rule skips less than it could.
 """
 
 from __future__ import annotations
@@ -99,7 +111,13 @@ class ServerView(Protocol):
     copies: dict
     out_of_sync: set
     theta: np.ndarray
+    iterate: np.ndarray
+    """Where workers compute this round (``theta_tilde`` with two-way broadcasts)."""
     iteration: int
+    upload_iterates: dict
+    """``theta_hat_m`` per worker; kept only when the rule's server half ``needs_upload_iterates``."""
+    smoothness: dict
+    """The server's estimate of ``L_m`` per worker (see ``ps``)."""
 
 
 class ServerHalf(ABC):
@@ -107,6 +125,9 @@ class ServerHalf(ABC):
 
     A half need not handle resyncs: the server forces a reset upload whenever :func:`needs_resync` holds.
     """
+
+    needs_upload_iterates: ClassVar[bool] = False
+    """True when the half reads ``upload_iterates`` and ``smoothness``, which the server then keeps."""
 
     @abstractmethod
     def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None: ...
@@ -158,6 +179,10 @@ class ForcedAfter(ServerHalf):
     inner: ServerHalf
     t_bar: int
 
+    @property
+    def needs_upload_iterates(self) -> bool:  # type: ignore[override]
+        return self.inner.needs_upload_iterates
+
     def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None:
         instruction = self.inner.instruct(server, worker)
         if server.skip_clocks.get(worker, 0) < self.t_bar:
@@ -165,6 +190,29 @@ class ForcedAfter(ServerHalf):
         if instruction is None:
             return Instruction(threshold=0.0, force_upload=True)
         return dataclasses.replace(instruction, force_upload=True)
+
+
+@dataclass(frozen=True)
+class IterateDistance(ServerHalf):
+    """LAG-PS / LASG-PS: contact worker m only when ``L_m^2 ||theta^k - theta_hat_m||^2`` exceeds (7a)'s threshold.
+
+    ``smoothness`` is ``L_m`` for every worker; 0 uses the server's per-worker estimate (see the module docstring).
+    Returns ``None`` (no contact) for a skipped worker; (7b) and resyncs are added around it.
+    """
+
+    threshold: SharedThreshold
+    smoothness: float = 0.0
+    needs_upload_iterates: ClassVar[bool] = True
+
+    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None:
+        threshold = self.threshold.threshold(server)
+        instruction = Instruction(threshold=threshold, force_upload=False)
+        last = server.upload_iterates.get(worker)
+        lipschitz = self.smoothness or server.smoothness.get(worker)
+        if last is None or lipschitz is None:
+            return instruction
+        moved = server.iterate.astype(np.float64) - last
+        return None if lipschitz * lipschitz * float(np.dot(moved, moved)) <= threshold else instruction
 
 
 class NeverSkip(WorkerHalf):
@@ -199,6 +247,7 @@ class RuleSettings:
     num_workers: int
     xi_warmup: bool = False
     t_bar: int = DEFAULT_T_BAR
+    smoothness: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -225,6 +274,7 @@ RULES: dict[str, SkipRule] = {
         SkipRule("never", NeverSkip(), lambda settings: AlwaysUpload(), lazy=False),
         SkipRule("innovation", InnovationTest(), _threshold),
         SkipRule("same-sample", SameSampleTest(), _threshold),
+        SkipRule("ps", NeverSkip(), lambda settings: IterateDistance(_threshold(settings), settings.smoothness)),
     )
 }
 """Registry: name -> skip rule."""

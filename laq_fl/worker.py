@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from laq_fl.compressors import Compressor
+from laq_fl.downlink import NO_VERSION, Broadcast, StaleIterateError, receive, state_checksum
 from laq_fl.memory import Memory
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
@@ -26,6 +27,8 @@ LAST_ERROR_SQ_KEY = "last-error-sq"
 THETA_HAT_KEY = "theta-hat"
 RESIDUAL_KEY = "residual"
 VERSION_KEY = "version"
+THETA_TILDE_KEY = "theta-tilde"
+THETA_VERSION_KEY = "theta-version"
 
 
 class GradientOracle(Protocol):
@@ -50,6 +53,11 @@ class WorkerState:
     version
         Uploads since the last reset; the server counts the same per worker (tests compare the two), so a
         later resync protocol can detect lost state without a new format.
+    theta_tilde
+        Two-way broadcasts only: the iterate this worker holds (shape ``(p,)``, the run's dtype), equal to the
+        server's ``theta_tilde`` at ``theta_version`` (:mod:`laq_fl.downlink`).
+    theta_version
+        The version of ``theta_tilde``; :data:`~laq_fl.downlink.NO_VERSION` when the worker holds none.
     """
 
     copy: np.ndarray
@@ -57,6 +65,8 @@ class WorkerState:
     theta_hat: np.ndarray | None = None
     residual: np.ndarray | None = None
     version: int = 0
+    theta_tilde: np.ndarray | None = None
+    theta_version: int = NO_VERSION
 
     @classmethod
     def zeros(cls, size: int, dtype: np.dtype | type = np.float32) -> WorkerState:
@@ -64,7 +74,8 @@ class WorkerState:
         return cls(copy=np.zeros(size, dtype))
 
     def reset(self) -> None:
-        """Forget everything since the last reset, as the server does for a worker whose reply it lost."""
+        """Forget every upload since the last reset, as the server does for a worker whose reply it lost
+        (``theta_tilde`` stays: a full broadcast replaces it)."""
         self.copy = np.zeros_like(self.copy)
         self.last_error_sq = 0.0
         self.theta_hat = None
@@ -82,19 +93,46 @@ class WorkerState:
             arrays[THETA_HAT_KEY] = self.theta_hat
         if self.residual is not None:
             arrays[RESIDUAL_KEY] = self.residual
+        if self.theta_tilde is not None:
+            arrays[THETA_TILDE_KEY] = self.theta_tilde
+            arrays[THETA_VERSION_KEY] = np.asarray(self.theta_version, np.int64)
         return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> WorkerState:
         """Inverse of :meth:`to_arrays`."""
-        optional = {key: None if arrays.get(key) is None else np.asarray(arrays[key]) for key in (THETA_HAT_KEY, RESIDUAL_KEY)}
+        optional = {
+            key: None if arrays.get(key) is None else np.asarray(arrays[key])
+            for key in (THETA_HAT_KEY, RESIDUAL_KEY, THETA_TILDE_KEY)
+        }
+        has_tilde = optional[THETA_TILDE_KEY] is not None
         return cls(
             copy=np.asarray(arrays[COPY_KEY]),
             last_error_sq=float(arrays[LAST_ERROR_SQ_KEY]),
             theta_hat=optional[THETA_HAT_KEY],
             residual=optional[RESIDUAL_KEY],
             version=int(arrays[VERSION_KEY]),
+            theta_tilde=optional[THETA_TILDE_KEY],
+            theta_version=int(arrays[THETA_VERSION_KEY]) if has_tilde else NO_VERSION,
         )
+
+    def checksum(self) -> int:
+        """CRC-32 of ``Q_hat`` and ``theta_tilde`` (:func:`~laq_fl.downlink.state_checksum`); the server computes
+        the same from its copies."""
+        return state_checksum(self.copy, self.theta_tilde)
+
+    def receive(self, broadcast: Broadcast, compressor: Compressor | None = None) -> np.ndarray:
+        """The iterate to compute at: ``theta^k`` of a one-way broadcast, else ``theta_tilde`` after applying it
+        (kept, with its version). ``compressor`` decodes innovations. Raises
+        :class:`~laq_fl.downlink.StaleIterateError` or :class:`~laq_fl.codec.PayloadError`, changing nothing,
+        when the broadcast does not apply to what this worker holds."""
+        if broadcast.version == NO_VERSION:
+            if broadcast.theta is None:
+                raise StaleIterateError("a one-way broadcast must carry the full iterate")
+            return broadcast.theta
+        self.theta_tilde = receive(broadcast, self.theta_tilde, self.theta_version, compressor)
+        self.theta_version = broadcast.version
+        return self.theta_tilde
 
 
 @dataclass(frozen=True)

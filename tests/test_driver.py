@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -89,10 +91,12 @@ def test_switches_change_the_run(synthetic_problem: Problem) -> None:
     assert lag.total_uploads < gd.total_uploads
 
 
+@pytest.mark.parametrize("downlink_bits", [32, 4])
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, algorithm: str) -> None:
+def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, algorithm: str, downlink_bits: int) -> None:
     checked = []
     final_versions: dict[int, int] = {}
+    current = []
 
     def check(k: int, server: ServerState, workers: list[WorkerState]) -> None:
         copies = np.sum([server.copies[m].astype(np.float64) for m in range(len(workers))], axis=0)
@@ -101,16 +105,47 @@ def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, 
             # Server and worker hold the very same Q_m(theta_hat_m), bit for bit, and count the same uploads.
             assert_same_bits(server.copies[m], worker.copy)
             assert server.versions[m] == worker.version
+            if server.downlink is None:
+                assert worker.theta_tilde is None
+                assert worker.checksum() == server.checksum(m)
+            else:  # the server knows which theta_tilde each worker holds: version k if m was contacted in round k
+                assert server.theta_versions[m] == worker.theta_version <= k < server.downlink.version
+                if worker.theta_version == k:
+                    current.append(m)
         final_versions.update(server.versions)
         checked.append(k)
 
     # t_bar = 5 makes lazy workers re-upload, so the invariant is checked on copies that moved, not only on round 0's.
-    config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.02, batch_size=100, t_bar=5, density=0.2)
+    smoothness = 0.5 if ALGORITHMS[algorithm].rule == "ps" else 0.0  # the estimate skips nothing in 40 noisy steps
+    config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.02, batch_size=100, t_bar=5, density=0.2,
+                             downlink_bits=downlink_bits, smoothness=smoothness)
     result = run_in_process(config, synthetic_problem, 40, on_iteration=check)
     assert checked == list(range(40))
     assert all(version >= 3 for version in final_versions.values())  # every worker re-uploaded after round 0
     if config.spec.lazy:
         assert result.total_uploads < 40 * 4  # some skips, so the invariant was tested on stale copies
+    if downlink_bits < 32:
+        assert len(current) >= 20  # theta_tilde versions were compared on contact
+        assert result.total_downlink_bits < 40 * 4 * 32 * synthetic_problem.size / 4
+
+
+def test_two_way_workers_hold_the_servers_theta_tilde(synthetic_problem: Problem) -> None:
+    """After every round, each contacted worker's theta_tilde (and Q_hat) checksum equals the server's."""
+    agreed = []
+
+    def check(k: int, server: ServerState, workers: list[WorkerState]) -> None:
+        before_step = server.downlink.version - 1
+        for m, worker in enumerate(workers):
+            assert worker.theta_version == before_step
+            # The server moved on by one innovation; replay it on the worker's copy to compare like with like.
+            replica = copy.deepcopy(worker)
+            assert_same_bits(replica.receive(server.broadcast(m), server.downlink.compressor), server.downlink.theta_tilde)
+            assert replica.checksum() == server.checksum(m)
+            agreed.append(m)
+
+    config = AlgorithmConfig(algorithm="laq", bits=4, lr=0.02, downlink_bits=4)
+    run_in_process(config, synthetic_problem, 15, on_iteration=check)
+    assert len(agreed) == 15 * 4
 
 
 def test_minibatch_runs_are_reproducible(synthetic_problem: Problem) -> None:

@@ -134,7 +134,7 @@ def test_non_lazy_members_always_upload(name: str) -> None:
     assert server.versions[0] == state.version == 3
 
 
-@pytest.mark.parametrize("name", [name for name, spec in ALGORITHMS.items() if spec.lazy])
+@pytest.mark.parametrize("name", [name for name, spec in ALGORITHMS.items() if spec.lazy and spec.rule != "ps"])
 def test_lazy_members_skip_once_a_copy_exists(name: str) -> None:
     server = ServerState(np.zeros(3, np.float32), AlgorithmConfig(algorithm=name, bits=4), num_workers=1)
     first = server.instruction(0)
@@ -266,3 +266,40 @@ def test_error_feedback_with_a_lazy_rule_is_refused() -> None:
     # On a skip nothing moves, so a skipped gradient would be neither sent nor kept in the residual.
     with pytest.raises(ValueError, match="never skips"):
         AlgorithmSpec("lazy-ef", "scaled-sign", "error-feedback", "innovation")
+
+
+def test_ps_contacts_a_worker_only_when_its_iterate_moved_enough() -> None:
+    """LAG-PS: no message while L^2 ||theta^k - theta_hat_m||^2 <= threshold; a message once it exceeds it."""
+    config = AlgorithmConfig(algorithm="lag-ps", lr=0.5, xi=(1.0,), smoothness=2.0, t_bar=50)
+    server = ServerState(np.zeros(2, np.float32), config, num_workers=1)
+    state = WorkerState.zeros(2)
+    server.accept(0, worker_round(state, np.ones(2, np.float32), parts_of(server), server.instruction(0)))
+    assert_same_bits(server.upload_iterates[0], np.zeros(2, np.float32))
+    server.step()  # theta moves by -0.5 * (1, 1): ||d||^2 = 0.5, threshold = 0.5 / (0.25 * 1) = 2
+    threshold = 0.5 / 0.25
+    moved_sq = 0.5
+    assert 2.0**2 * moved_sq <= threshold  # L^2 ||theta - theta_hat||^2 = 2.0: exactly at the threshold, skip
+    assert server.instruction(0) is None
+    server.theta = server.theta * 2  # as if theta had moved twice as far: 4 * 2.0 = 8 > 2
+    contacted = server.instruction(0)
+    assert contacted is not None and not contacted.force_upload and contacted.threshold == pytest.approx(threshold)
+
+
+def test_ps_estimates_smoothness_from_two_uploads_and_forces_after_t_bar() -> None:
+    config = AlgorithmConfig(algorithm="lag-ps", lr=0.1, t_bar=2)
+    server = ServerState(np.zeros(2, np.float32), config, num_workers=1)
+    state = WorkerState.zeros(2)
+    parts = parts_of(server)
+    server.accept(0, worker_round(state, np.array([1.0, 0.0], np.float32), parts, server.instruction(0)))
+    server.step()
+    assert 0 not in server.smoothness and server.instruction(0) is not None  # no estimate yet: always contacted
+    server.accept(0, worker_round(state, np.array([1.0, 3.0], np.float32), parts, server.instruction(0)))
+    moved = float(np.linalg.norm(server.upload_iterates[0].astype(np.float64)))  # theta_hat went from 0 to theta^1
+    assert server.smoothness[0] == pytest.approx(3.0 / moved)
+    for _ in range(2):  # theta frozen: nothing moved, so the worker is left alone until (7b)
+        server.aggregate[:] = 0.0
+        server.step()
+        assert server.instruction(0) is None
+        server.skip(0)
+    forced = server.instruction(0)
+    assert forced is not None and forced.force_upload
