@@ -8,16 +8,19 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-CUMULATIVE = ("uploads", "payload-bits", "uplink-bytes", "downlink-bytes")
+CUMULATIVE = ("uploads", "payload-bits", "downlink-payload-bits", "uplink-bytes", "downlink-bytes", "total-bytes")
 
 
 class RoundLog:
     """Adds cumulative columns and wall time to each round's row and appends it to ``path``.
 
-    Columns: ``round``, ``algorithm``, ``uploads``/``uploads-cum``, ``payload-bits``/``-cum``,
-    ``uplink-bytes``/``-cum`` and ``downlink-bytes``/``-cum`` (measured from Flower's serialisation),
-    ``skips``, ``rejected``, ``not-contacted``, ``train-loss`` (f(theta^{k-1})/M, reported by the workers),
-    ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and ``wall-seconds``.
+    Columns: ``round``, ``algorithm``, ``uploads``/``uploads-cum``, ``payload-bits``/``-cum`` (uplink) and
+    ``downlink-payload-bits``/``-cum`` (the iterate's bits in the broadcasts), ``uplink-bytes``/``-cum``,
+    ``downlink-bytes``/``-cum`` and ``total-bytes``/``-cum`` (both directions, measured from Flower's
+    serialisation), ``skips``, ``rejected``, ``not-contacted``, ``full-broadcasts``, ``train-loss`` (the mean of
+    the f_m(theta^{k-1}) reported this round) and ``loss-reports`` (how many: M in report rounds when every worker
+    was contacted, else the uploaders), ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and
+    ``wall-seconds``.
     """
 
     def __init__(self, path: Path, algorithm: str) -> None:
@@ -33,6 +36,8 @@ class RoundLog:
     def record(self, server_round: int, **columns: Any) -> dict[str, Any]:
         now = time.perf_counter()
         row: dict[str, Any] = {"round": server_round, "algorithm": self.algorithm}
+        if "uplink-bytes" in columns and "downlink-bytes" in columns:
+            columns["total-bytes"] = columns["uplink-bytes"] + columns["downlink-bytes"]
         for key, value in columns.items():
             row[key] = value
             if key in self.totals:
@@ -58,8 +63,10 @@ class RoundLog:
         seconds = sorted(row["round-seconds"] for row in trained)
         return (
             f"{self.algorithm}: {len(trained)} rounds, {self.totals['uploads']} uploads, "
-            f"{self.totals['payload-bits']:.4g} payload bits, uplink {self.totals['uplink-bytes']:,} B, "
-            f"downlink {self.totals['downlink-bytes']:,} B, train loss {last.get('train-loss', float('nan')):.6f}, "
+            f"{self.totals['payload-bits']:.4g} payload bits up, {self.totals['downlink-payload-bits']:.4g} down, "
+            f"uplink {self.totals['uplink-bytes']:,} B + downlink {self.totals['downlink-bytes']:,} B = "
+            f"{self.totals['total-bytes']:,} B, train loss {last.get('train-loss', float('nan')):.6f} "
+            f"({last.get('loss-reports', 0)} workers), "
             f"test accuracy {last.get('test-accuracy', float('nan')):.4f}, "
             f"median {seconds[len(seconds) // 2]:.3f} s/round; results in {self.path}"
         )

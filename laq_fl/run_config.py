@@ -36,6 +36,9 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "t-bar": (int, 100),
     "batch-size": (int, 500),
     "density": (float, 0.5),
+    "downlink-bits": (int, 32),
+    "smoothness": (float, 0.0),
+    "report-every": (int, 10),
     "lambda": (float, 0.01),
     "seed": (int, 0),
     "init": (str, "glorot"),
@@ -57,6 +60,8 @@ _FIELD_TO_KEY = {
     "batch_size": "batch-size",
     "density": "density",
     "xi_warmup": "xi-warmup",
+    "downlink_bits": "downlink-bits",
+    "smoothness": "smoothness",
     "model": "model",
     "dataset": "dataset",
     "partition": "partition",
@@ -81,6 +86,7 @@ class RunSettings:
     run_name: str
     round_timeout: float
     node_wait_timeout: float
+    report_every: int = 10
 
     @property
     def num_clients(self) -> int:
@@ -119,6 +125,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     for key in ("rounds",):
         if values[key] < 1:
             raise ConfigError(key, f"must be an integer >= 1, got {values[key]}")
+    if values["report-every"] < 0:
+        raise ConfigError("report-every", f"must be an integer >= 0 (0: losses only with uploads), got {values['report-every']}")
     for key in ("round-timeout", "node-wait-timeout"):
         if not values[key] > 0:
             raise ConfigError(key, f"must be a number of seconds > 0, got {values[key]}")
@@ -139,6 +147,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             batch_size=values["batch-size"],
             density=values["density"],
             xi_warmup=values["xi-warmup"],
+            downlink_bits=values["downlink-bits"],
+            smoothness=values["smoothness"],
         )
         problem = ProblemConfig(
             model=values["model"],
@@ -163,6 +173,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
         run_name=values["run-name"],
         round_timeout=values["round-timeout"],
         node_wait_timeout=values["node-wait-timeout"],
+        report_every=values["report-every"],
     )
 
 

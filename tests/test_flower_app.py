@@ -34,19 +34,22 @@ MINIBATCH = {"bits": 3, "lr": 0.008, "batch-size": 500}
 SETTINGS = {"ssgd": {**MINIBATCH, "density": 0.3}, "dgc": {**MINIBATCH, "density": 0.01}, "qgd": {"bits": 8}}
 
 
-@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorithm: str) -> None:
+TWO_WAY = [("laq", 4), ("gd", 8), ("slaq-wk2", 4), ("laq-ps", 4), ("lasg-ps", 8)]
+
+
+@pytest.mark.parametrize(("algorithm", "downlink_bits"), [(name, 32) for name in ALGORITHMS] + TWO_WAY)
+def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorithm: str, downlink_bits: int) -> None:
     rounds = 30
     extra = SETTINGS.get(algorithm, MINIBATCH if ALGORITHMS[algorithm].minibatch else {})
     run_config = {
         "algorithm": algorithm, "rounds": rounds, "data-dir": mnist_dir, "out-dir": str(tmp_path), "run-name": algorithm,
-        **extra,
+        "report-every": 1, "downlink-bits": downlink_bits, **extra,
     }
     theta, rows, _ = run_app(run_config, 10)
 
     algorithm_config = AlgorithmConfig(
         algorithm=algorithm, bits=extra.get("bits", 4), lr=extra.get("lr", 0.02), batch_size=extra.get("batch-size", 500),
-        density=extra.get("density", 0.5),
+        density=extra.get("density", 0.5), downlink_bits=downlink_bits,
     )
     expected = run_in_process(algorithm_config, ProblemConfig(data_dir=mnist_dir), rounds)
     assert_same_bits(theta, expected.theta)
@@ -54,13 +57,22 @@ def test_flower_app_matches_in_process_driver(mnist_dir: str, tmp_path, algorith
     assert [row["round"] for row in rows] == list(range(rounds + 1))
     assert [row["uploads"] for row in trained] == expected.column("uploads").tolist()
     assert [row["payload-bits"] for row in trained] == expected.column("payload_bits").tolist()
-    np.testing.assert_allclose([row["train-loss"] for row in trained], expected.column("minibatch_loss"), rtol=1e-12)
+    assert [row["downlink-payload-bits"] for row in trained] == expected.column("downlink_bits").tolist()
+    assert [row["full-broadcasts"] for row in trained] == expected.column("full_broadcasts").tolist()
+    assert [row["loss-reports"] for row in trained] == expected.column("contacted").tolist()
+    losses = [np.nan if row["train-loss"] is None else row["train-loss"] for row in trained]  # NaN: nobody contacted
+    np.testing.assert_allclose(losses, expected.column("minibatch_loss"), rtol=1e-12)
     np.testing.assert_allclose([row["test-accuracy"] for row in trained], expected.column("test_accuracy"))
+    if downlink_bits < 32:  # the innovation of the iterate costs b bits a coordinate, theta 32
+        assert expected.total_downlink_bits < 0.5 * 32 * expected.problem.num_workers * rounds * theta.size
+        assert rows[1]["full-broadcasts"] == 10 and sum(row["full-broadcasts"] for row in trained) == 10
+    if algorithm_config.spec.rule == "ps":
+        assert sum(row["not-contacted"] for row in trained) > 0
     if algorithm_config.spec.lazy:
         assert 0 < expected.total_uploads < 10 * rounds  # some rounds were skipped
     else:
         assert expected.total_uploads == 10 * rounds
-    assert all(row["uplink-bytes"] * 8 > row["payload-bits"] for row in trained)
+    assert all(row["uplink-bytes"] * 8 > row["payload-bits"] for row in trained if row["uploads"] + row["skips"])
     assert rows[-1]["uploads-cum"] == expected.total_uploads
     if algorithm != "slaq":  # SLAQ with rule (7a) as printed does not learn on minibatches (README, Table 3)
         assert expected.records[-1].test_accuracy > 0.6
@@ -102,7 +114,8 @@ BAD_VALUES = [
     ("algorithm", "adam"), ("model", "cnn"), ("partition", "shards"), ("num-clients", 0), ("rounds", 0),
     ("dtype", "float16"), ("lambda", -1.0), ("batch-size", 0), ("data-dir", "relative/path"), ("bits", "four"),
     ("no-such-key", 1), ("xi-warmup", "yes"), ("xi-warmup", 1), ("density", 0.0), ("density", 1.5), ("bits", 1.5),
-    ("algorithm", "LAQ"), ("density", float("nan")), ("lr", float("inf")),
+    ("algorithm", "LAQ"), ("density", float("nan")), ("lr", float("inf")), ("downlink-bits", 0), ("downlink-bits", 17),
+    ("downlink-bits", 24), ("smoothness", -1.0), ("smoothness", float("inf")), ("report-every", -1), ("report-every", 0.5),
 ]
 
 

@@ -6,12 +6,11 @@ import uuid
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
-
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from laq_fl.compressors import Grid, Identity
 from laq_fl.config import AlgorithmConfig
+from laq_fl.downlink import state_checksum
 from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.flower.strategy import LaqStrategy
 from laq_fl.flower.wire import WireMeter
@@ -41,11 +40,17 @@ def configure(strategy: LaqStrategy, server_round: int, grid: FakeGrid | None = 
     return {message.metadata.dst_node_id: message for message in messages}
 
 
-def reply(to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarray, bits: int = 4, loss: float = 1.0) -> Message:
+def reply(
+    to: Message, partition: int, grad: np.ndarray | None, q_hat: np.ndarray, bits: int = 4, loss: float = 1.0,
+    report: bool = False,
+) -> Message:
+    """The worker's reply: an upload of ``grad`` against ``q_hat``, or (``grad=None``) a skip, bare unless ``report``."""
     payload = None
+    copy = q_hat
     if grad is not None:
         payload = Grid(bits).compress(grad.astype(np.float64) - q_hat).payload
-    message = Message(reply_content(partition, loss, payload), reply_to=to)
+        copy = quantized(grad, q_hat, bits)
+    message = Message(reply_content(partition, loss, payload, state_checksum(copy), report), reply_to=to)
     message.metadata.__dict__["_src_node_id"] = to.metadata.dst_node_id
     return message
 
@@ -66,7 +71,7 @@ def test_first_round_forces_everyone_and_uploads_update_theta(strategy: LaqStrat
         request = read_train_request(message)
         assert request.instruction.force_upload and request.instruction.reset  # no copy yet: upload from zero
         assert request.iteration == 0 and request.parts.compressor == Grid(4) and request.batch_size == 0
-        np.testing.assert_array_equal(request.theta, np.zeros(SIZE))
+        np.testing.assert_array_equal(request.broadcast.theta, np.zeros(SIZE))
     g = grads(0)
     zeros = np.zeros(SIZE, np.float32)
     replies = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)]
@@ -115,18 +120,30 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     assert strategy.state.out_of_sync == {NODES[0], NODES[1]}  # they did not reply in round 3
 
 
+GOOD_PAYLOAD = Grid(4).compress(np.ones(SIZE)).payload
+GOOD_CHECKSUM = state_checksum(quantized(np.ones(SIZE, np.float32), np.zeros(SIZE, np.float32)))
+
+
 @pytest.mark.parametrize(
     "content",
     [
-        RecordDict({"upload": ConfigRecord({"payload": b"\x00" * 3})}),  # no metrics
-        reply_content(0, 1.0, b"\x00\x00\x80\x3f" + b"\x00"),  # radius 1.0, one byte: too short
-        reply_content(0, 1.0, b"\x00\x00\xc0\x7f" + b"\x00" * 3),  # NaN radius
-        reply_content(0, float("nan"), None),  # NaN loss
-        RecordDict({"metrics": MetricRecord({"loss": 1.0})}),  # no partition id
+        RecordDict({"upload": ConfigRecord({"payload": b"\x00" * 3})}),  # another record name
+        reply_content(0, 1.0, b"\x00\x00\x80\x3f" + b"\x00", 0),  # radius 1.0, one byte: too short
+        reply_content(0, 1.0, b"\x00\x00\xc0\x7f" + b"\x00" * 3, 0),  # NaN radius
+        reply_content(0, float("nan"), GOOD_PAYLOAD, GOOD_CHECKSUM),  # NaN loss
+        reply_content(0, 1.0, GOOD_PAYLOAD, GOOD_CHECKSUM ^ 1),  # the worker's state is not what the server rebuilds
+        reply_content(0, 1.0, GOOD_PAYLOAD, 2**32),  # not a CRC-32
+        RecordDict({"reply": ConfigRecord({"loss": 1.0, "checksum": 0, "payload": GOOD_PAYLOAD})}),  # no partition id
+        RecordDict({"reply": ConfigRecord({"partition-id": 0, "loss": 1.0, "checksum": 0, "payload": "text"})}),
+        RecordDict({"reply": ConfigRecord({"partition-id": 0, "loss": 1.0, "checksum": GOOD_CHECKSUM,
+                                           "payload": GOOD_PAYLOAD}), "extra": MetricRecord({"x": 1})}),
+        RecordDict({"metrics": MetricRecord({"partition-id": 0, "loss": 1.0})}),  # the old format
     ],
 )
 def test_malformed_reply_is_rejected_and_state_kept(strategy: LaqStrategy, content: RecordDict) -> None:
     sent = configure(strategy, 1)
+    well_formed = Message(reply_content(0, 1.0, GOOD_PAYLOAD, GOOD_CHECKSUM), reply_to=sent[NODES[0]])
+    assert strategy.aggregate_train is not None and well_formed.content  # the baseline below is accepted
     zeros = np.zeros(SIZE, np.float32)
     g = grads(3)
     good = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES[1:], start=1)]
@@ -160,9 +177,9 @@ def test_theta0_comes_from_the_arrays_passed_in(task_identity) -> None:
     start = np.arange(SIZE, dtype=np.float32)
     (message,) = strategy.configure_train(1, ArrayRecord([start]), ConfigRecord(), FakeGrid([101]))
     message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-    np.testing.assert_array_equal(read_train_request(message).theta, start)
+    np.testing.assert_array_equal(read_train_request(message).broadcast.theta, start)
     grad = np.ones(SIZE, np.float32)
-    upload = Message(reply_content(0, 1.0, Identity().compress(grad).payload), reply_to=message)
+    upload = Message(reply_content(0, 1.0, Identity().compress(grad).payload, state_checksum(grad)), reply_to=message)
     upload.metadata.__dict__["_src_node_id"] = 101
     arrays, _ = strategy.aggregate_train(1, [upload])
     np.testing.assert_array_equal(arrays.to_numpy_ndarrays()[0], start - 0.5)
@@ -193,8 +210,9 @@ def test_uploads_apply_in_partition_order_whatever_the_arrival_and_node_order(ta
     values = {0: 1.0, 1: 1e17, 2: -1e17}
     replies = []
     for partition, node in enumerate(nodes):
-        payload = Identity().compress(np.full(SIZE, values[partition], np.float32)).payload
-        message = Message(reply_content(partition, 1.0, payload), reply_to=sent[node])
+        gradient = np.full(SIZE, values[partition], np.float32)
+        message = Message(reply_content(partition, 1.0, Identity().compress(gradient).payload, state_checksum(gradient)),
+                          reply_to=sent[node])
         message.metadata.__dict__["_src_node_id"] = node
         replies.append(message)
     strategy.aggregate_train(1, list(reversed(replies)))
@@ -224,3 +242,51 @@ def test_a_skip_answering_a_forced_upload_is_rejected(strategy: LaqStrategy) -> 
     assert NODES[0] not in strategy.state.copies and NODES[0] in strategy.state.out_of_sync
     resync = read_train_request(configure(strategy, 2)[NODES[0]]).instruction
     assert resync.force_upload and resync.reset
+
+
+def test_the_well_formed_twin_of_the_malformed_replies_is_accepted(strategy: LaqStrategy) -> None:
+    sent = configure(strategy, 1)
+    good = Message(reply_content(0, 1.0, GOOD_PAYLOAD, GOOD_CHECKSUM), reply_to=sent[NODES[0]])
+    good.metadata.__dict__["_src_node_id"] = NODES[0]
+    _, metrics = strategy.aggregate_train(1, [good])
+    assert metrics["uploads"] == 1 and metrics["rejected"] == 2  # the two silent nodes
+
+
+def test_bare_skips_report_rounds_and_checksums_of_skips(task_identity) -> None:
+    strategy = LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3, report_every=2)
+    strategy.num_rounds = 5
+    assert [strategy.reports_in(r) for r in range(1, 6)] == [True, False, True, False, True]
+    sent = configure(strategy, 1)
+    zeros = np.zeros(SIZE, np.float32)
+    g = grads(8)
+    strategy.aggregate_train(1, [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)])
+    copies = dict(strategy.state.copies)
+    sent = configure(strategy, 2)  # no report: skips are bare, the loss comes from the upload alone
+    assert not read_train_request(sent[NODES[0]]).report
+    bare = reply(sent[NODES[0]], 0, None, copies[NODES[0]])
+    assert len(bare.content) == 0
+    replies = [bare, reply(sent[NODES[1]], 1, None, copies[NODES[1]]), reply(sent[NODES[2]], 2, g[0], copies[NODES[2]], loss=0.25)]
+    _, metrics = strategy.aggregate_train(2, replies)
+    assert (metrics["uploads"], metrics["skips"], metrics["rejected"]) == (1, 2, 0)
+    assert metrics["train-loss"] == 0.25 and metrics["loss-reports"] == 1
+    copies = dict(strategy.state.copies)
+    sent = configure(strategy, 3)  # report round: skips carry loss and checksum, and a wrong one means a resync
+    assert read_train_request(sent[NODES[0]]).report
+    wrong = reply(sent[NODES[1]], 1, None, copies[NODES[1]] + 1, report=True, loss=0.5)
+    replies = [reply(sent[NODES[0]], 0, None, copies[NODES[0]], report=True, loss=0.5), wrong]
+    _, metrics = strategy.aggregate_train(3, replies)
+    assert (metrics["skips"], metrics["rejected"], metrics["loss-reports"]) == (1, 2, 1)
+    assert NODES[1] in strategy.state.out_of_sync
+    assert read_train_request(configure(strategy, 4)[NODES[1]]).instruction.reset
+
+
+def test_a_bare_skip_from_a_node_that_never_named_its_partition_is_rejected(task_identity) -> None:
+    strategy = LaqStrategy(AlgorithmConfig(algorithm="lag", lr=0.1), 1)
+    sent = configure(strategy, 1, FakeGrid([101]))
+    grad = np.ones(SIZE, np.float32)
+    upload = Message(reply_content(0, 1.0, Identity().compress(grad).payload, state_checksum(grad)), reply_to=sent[101])
+    strategy.aggregate_train(1, [upload])
+    strategy.partitions.clear()  # as if the server had restarted and lost the mapping
+    sent = configure(strategy, 2, FakeGrid([101]))
+    _, metrics = strategy.aggregate_train(2, [Message(RecordDict(), reply_to=sent[101])])
+    assert metrics["rejected"] == 1 and metrics["skips"] == 0

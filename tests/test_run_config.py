@@ -45,12 +45,13 @@ def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
               "num-clients": 7, "rounds": 11, "bits": 5, "lr": 0.3, "xi-sum": 0.6, "D": 3, "xi-warmup": True, "t-bar": 9,
               "batch-size": 17, "density": 0.2, "lambda": 0.5, "seed": 4, "init": "zeros", "dtype": "float64",
               "data-dir": str(tmp_path / "data"), "out-dir": str(tmp_path / "out"), "run-name": "r", "round-timeout": 5.0,
-              "node-wait-timeout": 6.0}
+              "node-wait-timeout": 6.0, "downlink-bits": 6, "smoothness": 2.5, "report-every": 3}
     assert set(values) == set(RUN_CONFIG_SCHEMA)
     settings = parse_run_config(values)
     algorithm, problem = settings.algorithm, settings.problem
     assert (algorithm.algorithm, algorithm.bits, algorithm.lr, algorithm.t_bar, algorithm.batch_size) == ("dgc", 5, 0.3, 9, 17)
     assert algorithm.xi == pytest.approx((0.2,) * 3) and algorithm.xi_warmup and algorithm.density == 0.2
+    assert (algorithm.downlink_bits, algorithm.smoothness, settings.report_every) == (6, 2.5, 3)
     assert (problem.model, problem.dataset, problem.partition, problem.dirichlet_alpha, problem.num_workers) == (
         "mlp", "synthetic", "dirichlet", 0.3, 7)
     assert (problem.lam, problem.seed, problem.init, problem.dtype, problem.data_dir) == (0.5, 4, "zeros", "float64", values["data-dir"])

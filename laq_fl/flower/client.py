@@ -20,7 +20,17 @@ from laq_fl.flower.messages import read_train_request, reply_content
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
 from laq_fl.run_config import RunSettings, parse_run_config
-from laq_fl.worker import COPY_KEY, LAST_ERROR_SQ_KEY, RESIDUAL_KEY, THETA_HAT_KEY, VERSION_KEY, WorkerState, local_round
+from laq_fl.worker import (
+    COPY_KEY,
+    LAST_ERROR_SQ_KEY,
+    RESIDUAL_KEY,
+    THETA_HAT_KEY,
+    THETA_TILDE_KEY,
+    THETA_VERSION_KEY,
+    VERSION_KEY,
+    WorkerState,
+    local_round,
+)
 
 MEMORY_RECORD = "laq-worker"
 
@@ -61,7 +71,10 @@ def partition_of(context: Context, num_workers: int) -> int:
 def _stored_dtypes(dtype: np.dtype) -> dict[str, np.dtype]:
     dtype = np.dtype(dtype).newbyteorder("<")
     float64, int64 = np.dtype("<f8"), np.dtype("<i8")
-    return {COPY_KEY: dtype, THETA_HAT_KEY: dtype, RESIDUAL_KEY: float64, LAST_ERROR_SQ_KEY: float64, VERSION_KEY: int64}
+    return {
+        COPY_KEY: dtype, THETA_HAT_KEY: dtype, THETA_TILDE_KEY: dtype, RESIDUAL_KEY: float64,
+        LAST_ERROR_SQ_KEY: float64, VERSION_KEY: int64, THETA_VERSION_KEY: int64,
+    }
 
 
 def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerState:
@@ -72,8 +85,9 @@ def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerSta
     dtypes = _stored_dtypes(dtype)
     # Read-only views of the stored bytes: the state replaces its vectors, it never edits them.
     arrays = {key: np.frombuffer(blob, dtypes[key]) for key, blob in record.items()}
-    for key in (LAST_ERROR_SQ_KEY, VERSION_KEY):
-        arrays[key] = arrays[key].reshape(())
+    for key in (LAST_ERROR_SQ_KEY, VERSION_KEY, THETA_VERSION_KEY):
+        if key in arrays:
+            arrays[key] = arrays[key].reshape(())
     if arrays[COPY_KEY].size != size:
         raise ValueError(f"context.state holds a Q_hat of {arrays[COPY_KEY].size} values; the model has {size}")
     return WorkerState.from_arrays(arrays)
@@ -87,7 +101,11 @@ def store_state(context: Context, state: WorkerState) -> None:
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    """Steps 6-13 of Algorithm 2 on this node; replies with the compressor's payload or an empty skip."""
+    """Steps 6-13 of Algorithm 2 on this node; replies with the compressor's payload or an empty skip.
+
+    A two-way broadcast that does not apply to the theta_tilde this node holds (it restarted, or missed one)
+    raises :class:`~laq_fl.downlink.StaleIterateError`: the server gets an error reply and resends in full.
+    """
     settings = settings_of(context)
     problem = settings.problem
     partition_id = partition_of(context, problem.num_workers)
@@ -97,10 +115,12 @@ def handle_train(message: Message, context: Context) -> Message:
     batch = None
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
-    state = load_state(context, objective.model.size, request.theta.dtype)
+    state = load_state(context, objective.model.size, np.dtype(settings.problem.dtype))
+    theta = state.receive(request.broadcast, request.downlink)
     parts = request.parts
     rng = compression_rng(problem.seed, partition_id, request.iteration) if parts.compressor.needs_rng else None
-    loss, payload = local_round(state, objective, request.theta, parts, request.instruction, batch=batch, rng=rng)
-    if payload is not None or request.instruction.reset:
+    loss, payload = local_round(state, objective, theta, parts, request.instruction, batch=batch, rng=rng)
+    if payload is not None or request.instruction.reset or request.downlink is not None:
         store_state(context, state)
-    return Message(reply_content(partition_id, loss, payload), reply_to=message)
+    content = reply_content(partition_id, loss, payload, state.checksum(), request.report)
+    return Message(content, reply_to=message)

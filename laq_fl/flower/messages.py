@@ -1,18 +1,26 @@
 """What travels in the LAQ protocol and how it maps to Flower records (kebab-case keys, named once).
 
 Server -> worker (``train`` message):
-    ``theta``        ArrayRecord with theta^k as one float array
+    ``theta``        ArrayRecord with the full iterate as one float array (theta^k, or theta_tilde to a two-way
+                     worker the server does not know to be current); absent when innovations carry it
     ``instruction``  ConfigRecord: ``iteration`` (k, from 0), ``compressor`` (its spec, e.g. ``"grid bits=4"``),
                      ``memory`` and ``rule`` (registry names), ``batch-size`` (0: full gradient),
                      ``threshold`` (the shared part of the rule), ``force-upload`` (7b, first upload),
-                     ``reset`` (restart from ``Q_hat = 0``)
+                     ``reset`` (restart from ``Q_hat = 0``), ``report`` (reply with loss and checksum even on a
+                     skip); two-way only: ``downlink`` (the downlink compressor's spec), ``theta-version`` (the
+                     version of theta_tilde the worker holds afterwards), ``theta-base`` and ``theta-innovations``
+                     (compressed innovations from version ``theta-base``, oldest first; -1 and [] with a full theta)
 
 Worker -> server (reply):
-    ``metrics``      MetricRecord: ``partition-id``, ``loss`` (f_m at theta^k); kept minimal, it is most of a skip
-    ``upload``       ConfigRecord with ``payload`` (the compressor's bytes); absent for a skip
+    a skip           nothing: an empty RecordDict, as cheap as Flower's own empty reply
+    ``reply``        ConfigRecord, on an upload or when ``report`` is set: ``partition-id``, ``loss``
+                     (f_m at the iterate it received), ``checksum`` (CRC-32 of its ``Q_hat`` and theta_tilde,
+                     :meth:`~laq_fl.worker.WorkerState.checksum`) and, on an upload, ``payload`` (the compressor's
+                     bytes)
 
 A worker told to upload (``force-upload``) must upload: the server rejects a skip reply to such an
-instruction as malformed, keeps the stale copy and resyncs that worker in the next round.
+instruction as malformed, keeps the stale copy and resyncs that worker in the next round. The server learns
+which partition a node serves from its first reply, which is always a (forced) upload.
 """
 
 from __future__ import annotations
@@ -22,19 +30,25 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from laq_fl.codec import PayloadError
 from laq_fl.compressors import Compressor, compressor_from_spec
+from laq_fl.downlink import NO_VERSION, Broadcast
 from laq_fl.memory import memory_named
 from laq_fl.skip_rules import Instruction, rule_named
 from laq_fl.worker import WorkerParts
 
 THETA = "theta"
 INSTRUCTION = "instruction"
-METRICS = "metrics"
-UPLOAD = "upload"
+REPLY = "reply"
 PAYLOAD = "payload"
+CHECKSUM = "checksum"
+REPORT = "report"
+DOWNLINK = "downlink"
+THETA_VERSION = "theta-version"
+THETA_BASE = "theta-base"
+THETA_INNOVATIONS = "theta-innovations"
 ITERATION = "iteration"
 COMPRESSOR = "compressor"
 MEMORY = "memory"
@@ -49,42 +63,53 @@ LOSS = "loss"
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """A decoded ``train`` message: theta^k and what the server asks of the worker."""
+    """A decoded ``train`` message: the broadcast and what the server asks of the worker."""
 
-    theta: np.ndarray
+    broadcast: Broadcast
+    downlink: Compressor | None
     iteration: int
     parts: WorkerParts
     batch_size: int
     instruction: Instruction
+    report: bool = False
 
 
 def train_content(
-    theta: ArrayRecord,
+    full_theta: ArrayRecord | None,
+    broadcast: Broadcast,
+    downlink: Compressor | None,
     iteration: int,
     compressor: Compressor,
     memory: str,
     rule: str,
     batch_size: int,
     instruction: Instruction,
+    report: bool = False,
 ) -> RecordDict:
-    """The ``train`` message of one worker: theta^k (a record shared by all messages of the round) and its instruction."""
-    return RecordDict(
-        {
-            THETA: theta,
-            INSTRUCTION: ConfigRecord(
-                {
-                    ITERATION: iteration,
-                    COMPRESSOR: compressor.spec(),
-                    MEMORY: memory,
-                    RULE: rule,
-                    BATCH_SIZE: batch_size,
-                    THRESHOLD: float(instruction.threshold),
-                    FORCE_UPLOAD: bool(instruction.force_upload),
-                    RESET: bool(instruction.reset),
-                }
-            ),
-        }
-    )
+    """The ``train`` message of one worker: ``full_theta`` (a record shared by all messages of the round that send
+    the full iterate; ``None`` when ``broadcast`` carries innovations) and its instruction."""
+    config = {
+        ITERATION: iteration,
+        COMPRESSOR: compressor.spec(),
+        MEMORY: memory,
+        RULE: rule,
+        BATCH_SIZE: batch_size,
+        THRESHOLD: float(instruction.threshold),
+        FORCE_UPLOAD: bool(instruction.force_upload),
+        RESET: bool(instruction.reset),
+        REPORT: bool(report),
+    }
+    if downlink is not None:
+        config[DOWNLINK] = downlink.spec()
+        config[THETA_VERSION] = broadcast.version
+        config[THETA_BASE] = broadcast.base
+        config[THETA_INNOVATIONS] = list(broadcast.innovations)
+    records: dict = {INSTRUCTION: ConfigRecord(config)}
+    if broadcast.full:
+        if full_theta is None:
+            raise ValueError("a broadcast of the full iterate needs its ArrayRecord")
+        records[THETA] = full_theta
+    return RecordDict(records)
 
 
 _NPY_V1_MAGIC = b"\x93NUMPY\x01\x00"
@@ -117,10 +142,24 @@ def worker_parts(compressor: str, memory: str, rule: str) -> WorkerParts:
 def read_train_request(message: Message) -> TrainRequest:
     content = message.content
     config = content.config_records[INSTRUCTION]
-    (theta,) = [array_to_numpy(array) for array in content.array_records[THETA].values()]
-    theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+    theta = None
+    if THETA in content.array_records:
+        (theta,) = [array_to_numpy(array) for array in content.array_records[THETA].values()]
+        theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+    downlink = None
+    if DOWNLINK in config:
+        downlink = compressor_from_spec(str(config[DOWNLINK]))
+        broadcast = Broadcast(
+            version=int(config[THETA_VERSION]),
+            theta=theta,
+            base=int(config[THETA_BASE]),
+            innovations=tuple(config[THETA_INNOVATIONS]),
+        )
+    else:
+        broadcast = Broadcast(version=NO_VERSION, theta=theta)
     return TrainRequest(
-        theta=theta,
+        broadcast=broadcast,
+        downlink=downlink,
         iteration=int(config[ITERATION]),
         parts=worker_parts(str(config[COMPRESSOR]), str(config[MEMORY]), str(config[RULE])),
         batch_size=int(config[BATCH_SIZE]),
@@ -129,41 +168,49 @@ def read_train_request(message: Message) -> TrainRequest:
             force_upload=bool(config[FORCE_UPLOAD]),
             reset=bool(config[RESET]),
         ),
+        report=bool(config.get(REPORT, False)),
     )
 
 
-def reply_content(partition_id: int, loss: float, payload: bytes | None) -> RecordDict:
-    """A skip is the MetricRecord alone; an upload adds the payload bytes."""
-    records: dict = {METRICS: MetricRecord({PARTITION_ID: partition_id, LOSS: float(loss)})}
+def reply_content(partition_id: int, loss: float, payload: bytes | None, checksum: int, report: bool = False) -> RecordDict:
+    """A skip without ``report`` is an empty RecordDict; otherwise one ConfigRecord (payload only on an upload)."""
+    if payload is None and not report:
+        return RecordDict()
+    record: dict = {PARTITION_ID: partition_id, LOSS: float(loss), CHECKSUM: checksum}
     if payload is not None:
-        records[UPLOAD] = ConfigRecord({PAYLOAD: payload})
-    return RecordDict(records)
+        record[PAYLOAD] = payload
+    return RecordDict({REPLY: ConfigRecord(record)})
 
 
 @dataclass(frozen=True)
 class TrainReply:
-    partition_id: int
-    loss: float
-    payload: bytes | None
+    """A decoded reply; a bare skip has every field ``None``."""
+
+    partition_id: int | None = None
+    loss: float | None = None
+    payload: bytes | None = None
+    checksum: int | None = None
 
 
 def read_train_reply(message: Message) -> TrainReply:
     """Decode a worker's reply; raises :class:`PayloadError` when its records are not what the protocol says."""
     content = message.content
-    metrics = content.metric_records.get(METRICS)
-    if metrics is None:
-        raise PayloadError(f"reply has no '{METRICS}' MetricRecord")
+    if not content.config_records and not content.array_records and not content.metric_records:
+        return TrainReply()  # a bare skip
+    record = content.config_records.get(REPLY)
+    if record is None or len(content) != 1:
+        raise PayloadError(f"a reply is empty or holds exactly one ConfigRecord '{REPLY}', got {sorted(content)}")
     try:
-        partition_id = int(metrics[PARTITION_ID])
-        loss = float(metrics[LOSS])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PayloadError(f"reply metrics need '{PARTITION_ID}' and '{LOSS}': {exc}") from exc
-    if not math.isfinite(loss):
-        raise PayloadError(f"reply reports a non-finite loss {loss}")
-    payload = None
-    upload = content.config_records.get(UPLOAD)
-    if upload is not None:
-        payload = upload.get(PAYLOAD)
-        if not isinstance(payload, bytes):
-            raise PayloadError(f"'{UPLOAD}' must carry bytes under '{PAYLOAD}', got {type(payload).__name__}")
-    return TrainReply(partition_id=partition_id, loss=loss, payload=payload)
+        partition_id, loss, checksum = record[PARTITION_ID], record[LOSS], record[CHECKSUM]
+    except KeyError as exc:
+        raise PayloadError(f"reply needs '{PARTITION_ID}', '{LOSS}' and '{CHECKSUM}': missing {exc}") from None
+    if isinstance(partition_id, bool) or not isinstance(partition_id, int):
+        raise PayloadError(f"'{PARTITION_ID}' must be an integer, got {partition_id!r}")
+    if isinstance(checksum, bool) or not isinstance(checksum, int) or not 0 <= checksum < 2**32:
+        raise PayloadError(f"'{CHECKSUM}' must be a CRC-32 (an integer in [0, 2^32)), got {checksum!r}")
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        raise PayloadError(f"'{LOSS}' must be a finite number, got {loss!r}")
+    payload = record.get(PAYLOAD)
+    if payload is not None and not isinstance(payload, bytes):
+        raise PayloadError(f"'{PAYLOAD}' must be bytes, got {type(payload).__name__}")
+    return TrainReply(partition_id=partition_id, loss=float(loss), payload=payload, checksum=checksum)

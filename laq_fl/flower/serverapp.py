@@ -18,7 +18,8 @@ from laq_fl.results import RoundLog
 from laq_fl.run_config import RunSettings, parse_run_config
 
 NO_TRAINING = {
-    "uploads": 0, "skips": 0, "rejected": 0, "not-contacted": 0, "payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0,
+    "uploads": 0, "skips": 0, "rejected": 0, "not-contacted": 0, "full-broadcasts": 0, "payload-bits": 0,
+    "downlink-payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0, "loss-reports": 0,
 }
 
 
@@ -50,7 +51,7 @@ def run_server(grid: Grid, context: Context) -> Result:
 
     problem = settings.problem
     initial_theta = FlatModel.named(problem.model).initial_parameters(problem.init, problem.seed, problem.dtype)
-    strategy = LaqStrategy(settings.algorithm, settings.num_clients)
+    strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every)
     evaluate_theta = test_evaluator(problem)
     results = RoundLog(results_path(settings, context.run_id), settings.algorithm.algorithm)
 
@@ -61,12 +62,15 @@ def run_server(grid: Grid, context: Context) -> Result:
         row = results.record(server_round, **training, **{"test-loss": test_loss, "test-accuracy": test_accuracy})
         log(
             INFO,
-            "round %d: %d uploads (%d total), %.4g payload bits total, train loss %.6f, test accuracy %.4f, %.3f s",
+            "round %d: %d uploads (%d total), %.4g B on the wire total, train loss %.6f (%d of %d workers), "
+            "test accuracy %.4f, %.3f s",
             server_round,
             row["uploads"],
             row["uploads-cum"],
-            row["payload-bits-cum"],
+            row["total-bytes-cum"],
             row["train-loss"],
+            row["loss-reports"],
+            settings.num_clients,
             test_accuracy,
             row["round-seconds"],
         )

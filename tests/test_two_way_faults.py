@@ -1,0 +1,120 @@
+"""Two-way broadcasts and server-side skips through the in-process Grid, with messages lost both ways."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import Counter
+from collections.abc import Iterable
+from uuid import uuid4
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Message
+
+from conftest import assert_same_bits
+from laq_fl.config import AlgorithmConfig, ProblemConfig
+from laq_fl.flower import InProcessGrid, LaqStrategy
+from laq_fl.flower.client import handle_train, load_state
+from laq_fl.models import FlatModel
+from laq_fl.problem import build_problem
+
+RUN_CONFIG = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused"}
+
+
+class FaultyGrid(InProcessGrid):
+    """Drops each broadcast and each reply with probability ``drop`` (seeded) in rounds up to ``faulty_rounds``,
+    empties one node's ``context.state`` before round ``restart_round`` (a restart under the same id), and records
+    which nodes received a message in each round."""
+
+    def __init__(self, *, drop: float = 0.0, faulty_rounds: int = 0, restart_round: int | None = None, seed: int = 0) -> None:
+        super().__init__(handle_train, 3, RUN_CONFIG)
+        self.random = random.Random(seed)
+        self.drop, self.faulty_rounds, self.restart_round = drop, faulty_rounds, restart_round
+        self.received: dict[int, list[int]] = {}
+        self.lost = Counter()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        message_ids = []
+        deflated: dict[str, bytes] = {}
+        for message in messages:
+            server_round = int(message.metadata.group_id)
+            if server_round == self.restart_round:
+                self.restart_round = None
+                next(iter(self.contexts.values())).state.config_records.clear()
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            message_ids.append(message.metadata.message_id)
+            faulty = server_round <= self.faulty_rounds
+            if faulty and self.random.random() < self.drop:
+                self.lost["broadcast"] += 1
+                continue
+            self.received.setdefault(server_round, []).append(message.metadata.dst_node_id)
+            reply = self._deliver(message, deflated)
+            if faulty and self.random.random() < self.drop:
+                self.lost["reply"] += 1
+                continue
+            self._replies[message.metadata.message_id] = reply
+        return message_ids
+
+
+def theta0() -> ArrayRecord:
+    return ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)])
+
+
+def synthetic_loss(theta: np.ndarray) -> float:
+    return build_problem(ProblemConfig(dataset="synthetic", num_workers=3, data_dir="/unused")).training_loss(theta)
+
+
+@pytest.mark.parametrize("report_every", [1, 0])
+def test_lost_messages_and_a_restart_end_with_equal_state_on_both_sides(task_identity, report_every: int) -> None:
+    # lr = 0.01: the synthetic problem's loss descends smoothly (at 0.05 it oscillates, and any perturbation,
+    # a fault or not, moves the 31st loss by more than 1e-3).
+    config = AlgorithmConfig(algorithm="laq", bits=4, lr=0.01, downlink_bits=4, t_bar=10)
+    clean = LaqStrategy(config, 3, report_every)
+    clean.start(FaultyGrid(), theta0(), num_rounds=31)
+
+    # 30 rounds with 10% of broadcasts and of replies lost and node 0 restarted, then one round without faults.
+    grid = FaultyGrid(drop=0.1, faulty_rounds=30, restart_round=12, seed=3)
+    strategy = LaqStrategy(config, 3, report_every)
+    strategy.start(grid, theta0(), num_rounds=31)
+    metrics = strategy.round_metrics
+    assert grid.lost["broadcast"] > 3 and grid.lost["reply"] > 3
+    assert metrics[12]["rejected"] >= 1  # the restarted node could not apply innovations it had no base for
+    assert sum(metrics[r]["full-broadcasts"] for r in range(2, 32)) >= grid.lost["broadcast"] + grid.lost["reply"]
+
+    state = strategy.state
+    assert not state.out_of_sync
+    for node, context in grid.contexts.items():
+        worker = load_state(context, state.size, np.float32)
+        assert_same_bits(state.copies[node], worker.copy)
+        assert state.versions[node] == worker.version
+        # The server stepped once more after the last round: replay that broadcast on a replica of the worker.
+        replica = copy.deepcopy(worker)
+        assert_same_bits(replica.receive(state.broadcast(node), state.downlink.compressor), state.downlink.theta_tilde)
+        assert replica.checksum() == state.checksum(node)
+    np.testing.assert_allclose(state.aggregate, sum(c.astype(np.float64) for c in state.copies.values()), atol=1e-12)
+    assert abs(synthetic_loss(state.iterate) - synthetic_loss(clean.state.iterate)) < 1e-3
+
+
+def test_a_worker_the_server_leaves_alone_receives_nothing_and_catches_up(task_identity) -> None:
+    config = AlgorithmConfig(algorithm="laq-ps", bits=4, lr=0.05, downlink_bits=4, smoothness=3.0, t_bar=6)
+    grid = FaultyGrid()
+    strategy = LaqStrategy(config, 3, report_every=1)
+    strategy.start(grid, theta0(), num_rounds=25)
+    node_ids = list(grid.contexts)
+    left_alone = 0
+    caught_up = 0
+    for server_round, metrics in strategy.round_metrics.items():
+        received = grid.received.get(server_round, [])
+        assert len(received) == 3 - metrics["not-contacted"]
+        left_alone += metrics["not-contacted"]
+        caught_up += metrics["full-broadcasts"] if server_round > 1 else 0
+        assert metrics["rejected"] == 0  # every worker that comes back applies exactly the innovations it missed
+    assert left_alone > 10
+    state = strategy.state
+    for node in node_ids:
+        worker = load_state(grid.contexts[node], state.size, np.float32)
+        assert state.theta_versions[node] == worker.theta_version  # the server knows what each worker holds
+        replica = copy.deepcopy(worker)
+        assert_same_bits(replica.receive(state.broadcast(node), state.downlink.compressor), state.downlink.theta_tilde)
+        assert replica.checksum() == state.checksum(node)
