@@ -163,7 +163,7 @@ class AlgorithmConfig:
     ``bits`` (1..16, or 32 for none) and ``density`` ((0, 1], the fraction of coordinates sent) go to the
     compressors that take them. ``xi_warmup`` spreads the weights over the differences that exist in the first D iterations, as the
     authors' script does (the paper counts the missing ones as zero); see :func:`laq_fl.skip_rules.lazy_threshold`.
-    ``downlink_bits`` (1..16, or 32 for none) quantizes the broadcast (two-way LAQ); ``smoothness`` is ``L_m`` of
+    ``downlink_bits`` (2..16, or 32 for none) quantizes the broadcast (two-way LAQ); ``smoothness`` is ``L_m`` of
     the ``ps`` rule, the same for every worker (0: the server estimates it per worker).
     """
 
@@ -197,8 +197,12 @@ class AlgorithmConfig:
             raise ConfigError("density", f"is the fraction of coordinates sent, in (0, 1]; got {self.density}")
         self.compressor()  # the compressor checks its own parameters, reported under the setting's name
         bits = self.downlink_bits
-        if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= 16 or bits == FULL_PRECISION):
-            raise ConfigError("downlink_bits", f"must be in 1..16, or 32 to broadcast theta in full; got {bits!r}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 16 or bits == FULL_PRECISION):
+            raise ConfigError(
+                "downlink_bits",
+                f"must be in 2..16, or 32 to broadcast theta in full; got {bits!r} (a 1-bit grid's error is as large as "
+                "the innovation it sends, so theta_tilde would never approach theta)",
+            )
         _positive_float("smoothness", self.smoothness, allow_zero=True)
 
     @property

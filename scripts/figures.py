@@ -1,4 +1,5 @@
-"""Figures like the paper's 4-8 from the results files of scripts/table2.py (and table3.py).
+"""Figures like the paper's 4-8 from the results files of scripts/table2.py (and table3.py), and the bytes figures
+of scripts/bytes_table.py (loss residual against total bytes on the wire, both directions).
 
     python scripts/figures.py            # writes docs/*.png from results/
 
@@ -96,6 +97,34 @@ def plot_table(summary: dict, results_dir: Path, docs: Path, name: str) -> list[
     return [loss_path, accuracy_path]
 
 
+def plot_bytes(summary: dict, results_dir: Path, docs: Path, name: str) -> list[Path]:
+    """Loss residual against total measured bytes (up + down), one curve per variant of scripts/bytes_table.py."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    for index, row in enumerate(summary["rows"]):
+        stem = f"bytes-{summary['setting']}-{row['variant'].replace(' ', '-').replace('=', '')}"
+        rows = load_rows(results_dir, f"runs/{stem}.jsonl")[1:]
+        total = [r["total-bytes-cum"] for r in rows]
+        style = "--" if "two-way" in row["variant"] else "-"
+        axes[0].plot(total, [max(r["residual"], 1e-12) for r in rows], style, color=colors(index), label=row["variant"].upper(), linewidth=1.3)
+        axes[1].plot(total, [r["test-accuracy"] for r in rows], style, color=colors(index), label=row["variant"].upper(), linewidth=1.3)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("loss residual f(model)/M − f*/M")
+    axes[1].set_ylabel("test accuracy")
+    low = min(row["test_accuracy"] for row in summary["rows"])
+    axes[1].set_ylim(max(low - 0.03, 0), None)
+    for axis in axes:
+        axis.set_xscale("log")
+        axis.set_xlabel("total bytes on the wire (uplink + downlink, measured)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"logistic regression on MNIST, M = 10 — `{summary['command']}` at {summary['revision']}", fontsize=10)
+    path = docs / f"{name}.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return [path]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_OUT_DIR)
@@ -105,6 +134,10 @@ def main() -> None:
     for summary_file in sorted(args.results_dir.glob("table*.json")):
         summary = json.loads(summary_file.read_text())
         for path in plot_table(summary, args.results_dir, args.docs, summary_file.stem):
+            print(path)
+    for summary_file in sorted(args.results_dir.glob("bytes-*.json")):
+        summary = json.loads(summary_file.read_text())
+        for path in plot_bytes(summary, args.results_dir, args.docs, summary_file.stem):
             print(path)
 
 

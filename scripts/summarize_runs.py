@@ -23,11 +23,13 @@ def summarize(path: Path) -> dict:
         "payload bits": last["payload-bits-cum"],
         "uplink B": last["uplink-bytes-cum"],
         "downlink B": last["downlink-bytes-cum"],
-        "train loss": last["train-loss"],
+        "total B": last.get("total-bytes-cum", last["uplink-bytes-cum"] + last["downlink-bytes-cum"]),
+        "train loss": last.get("train-loss"),
         "test acc": last["test-accuracy"],
         "median s/round": statistics.median(row["round-seconds"] for row in trained),
         # Per-reply wire cost, from rounds where every reply was of one kind.
-        "B per skip reply": _median([row["uplink-bytes"] / row["skips"] for row in trained if row["skips"] and not row["uploads"]]),
+        "B per skip reply": _median([row["uplink-bytes"] / row["skips"] for row in trained
+                                     if row["skips"] and not row["uploads"] and not row.get("loss-reports")]),
         "B per upload reply": _median([row["uplink-bytes"] / row["uploads"] for row in trained if row["uploads"] and not row["skips"]]),
         "wall s": last["wall-seconds"],
     }

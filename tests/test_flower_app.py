@@ -114,7 +114,7 @@ BAD_VALUES = [
     ("algorithm", "adam"), ("model", "cnn"), ("partition", "shards"), ("num-clients", 0), ("rounds", 0),
     ("dtype", "float16"), ("lambda", -1.0), ("batch-size", 0), ("data-dir", "relative/path"), ("bits", "four"),
     ("no-such-key", 1), ("xi-warmup", "yes"), ("xi-warmup", 1), ("density", 0.0), ("density", 1.5), ("bits", 1.5),
-    ("algorithm", "LAQ"), ("density", float("nan")), ("lr", float("inf")), ("downlink-bits", 0), ("downlink-bits", 17),
+    ("algorithm", "LAQ"), ("density", float("nan")), ("lr", float("inf")), ("downlink-bits", 0), ("downlink-bits", 1), ("downlink-bits", 17),
     ("downlink-bits", 24), ("smoothness", -1.0), ("smoothness", float("inf")), ("report-every", -1), ("report-every", 0.5),
 ]
 
