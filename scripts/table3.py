@@ -49,6 +49,7 @@ def main() -> None:
             "algorithm": name, "model": args.model, "bits": bits, "lr": 0.008, "batch-size": 500,
             "rounds": args.iterations, "data-dir": data_dir, "out-dir": str(out_dir / "runs"),
             "run-name": f"table3-{args.model}-{name}", "density": DENSITY.get(name, 0.5),
+            "report-every": 1,  # the figures plot every round's minibatch loss over all M workers
         }
         row, _ = flower_table_row(run_config, args.iterations, reuse=args.reuse)
         rows.append(row)
