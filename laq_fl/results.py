@@ -19,7 +19,7 @@ class RoundLog:
     ``downlink-bytes``/``-cum`` and ``total-bytes``/``-cum`` (both directions, measured from Flower's
     serialisation), ``skips``, ``rejected``, ``not-contacted``, ``full-broadcasts``, ``train-loss`` (the mean of
     the f_m(theta^{k-1}) reported this round) and ``loss-reports`` (how many: M in report rounds when every worker
-    was contacted, else the uploaders), ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and
+    was contacted, else the uploaders) and ``train-loss-of`` (which of the two), ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and
     ``wall-seconds``.
     """
 

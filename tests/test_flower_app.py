@@ -182,3 +182,17 @@ def test_copies_agree_bit_for_bit_after_30_rounds_through_the_grid(task_identity
         assert state.versions[node] == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)
     copies = sum(copy.astype(np.float64) for copy in state.copies.values())
     np.testing.assert_allclose(state.aggregate, copies, rtol=1e-12, atol=1e-12)
+
+
+def test_results_say_how_each_rounds_loss_is_formed(tmp_path, task_identity) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 3, "rounds": 7, "report-every": 3, "data-dir": "/unused",
+                  "out-dir": str(tmp_path), "run-name": "reports", "lr": 0.01}
+    _, rows, _ = run_app(run_config, 3, handler=handle_train)
+    trained = rows[1:]
+    assert [row["train-loss-of"] for row in trained] == ["contacted", "uploads", "uploads", "contacted", "uploads", "uploads",
+                                                         "contacted"]
+    for row in trained:
+        expected = 3 if row["train-loss-of"] == "contacted" else row["uploads"]
+        assert row["loss-reports"] == expected
+        assert row["total-bytes"] == row["uplink-bytes"] + row["downlink-bytes"]
+    assert rows[0]["train-loss-of"] == "none"

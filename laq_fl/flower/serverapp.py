@@ -59,7 +59,11 @@ def run_server(grid: Grid, context: Context) -> Result:
         (theta,) = arrays.to_numpy_ndarrays()
         test_loss, test_accuracy = evaluate_theta(theta)
         training = strategy.round_metrics.get(server_round, {**NO_TRAINING, "train-loss": float("nan")})
-        row = results.record(server_round, **training, **{"test-loss": test_loss, "test-accuracy": test_accuracy})
+        # How train-loss is formed: every contacted worker's loss in report rounds, the uploaders' otherwise.
+        formed = "none" if server_round == 0 else ("contacted" if strategy.reports_in(server_round) else "uploads")
+        row = results.record(
+            server_round, **training, **{"train-loss-of": formed, "test-loss": test_loss, "test-accuracy": test_accuracy}
+        )
         log(
             INFO,
             "round %d: %d uploads (%d total), %.4g B on the wire total, train loss %.6f (%d of %d workers), "
