@@ -9,7 +9,7 @@ and server and workers both set::
 
 Workers compute their gradients at ``theta_tilde``. The server keeps the exact ``theta`` and steps it, so what one
 broadcast could not carry is part of the next innovation rather than lost (the authors' script overwrites theta
-with theta_tilde instead; the difference is measured in the README, not assumed).
+with theta_tilde instead, dropping it: that variant is not implemented here).
 
 Versions: ``theta_tilde`` after ``k`` innovations has version ``k`` (``theta^0`` itself is version 0). Every
 broadcast names the version it applies to (``base``) and the one it makes (``version``). The server knows each

@@ -6,6 +6,8 @@ from collections import deque
 
 import numpy as np
 
+from laq_fl.codec import PayloadError
+from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
@@ -107,11 +109,16 @@ class ServerState:
     def decode(self, worker: WorkerKey, payload: bytes) -> np.ndarray:
         """The worker's new ``Q_m(theta^k)`` from its payload.
 
-        Raises :class:`~laq_fl.codec.PayloadError` and changes nothing if the payload is malformed.
+        Raises :class:`~laq_fl.codec.PayloadError` and changes nothing if the payload is malformed, or if the copy
+        it makes is not finite (a finite innovation added to the copy can overflow the run's dtype).
         """
         previous = None if needs_resync(self, worker) else self.copies[worker]  # the worker was told to reset
         decoded = self.compressor.decompress(payload, self.size)
-        return self.memory.reconstruct(previous, decoded, self.theta.dtype)
+        with np.errstate(over="ignore"):
+            new_copy = self.memory.reconstruct(previous, decoded, self.theta.dtype)
+        if not np.isfinite(new_copy).all():
+            raise PayloadError(f"the copy this payload makes overflows {new_copy.dtype}")
+        return new_copy
 
     def payload_bits(self, payload: bytes) -> int:
         return self.compressor.payload_bits(payload, self.size)
@@ -181,7 +188,7 @@ class ServerState:
             "iteration": np.asarray(self.iteration, np.int64),
             "workers": np.asarray([str(worker) for worker in workers]),
             "has-copy": np.asarray([worker in self.copies for worker in workers], bool),
-            "copies": np.asarray([self.copies.get(worker, zeros) for worker in workers]).reshape(len(workers), -1),
+            "copies": np.asarray([self.copies.get(worker, zeros) for worker in workers]).reshape(len(workers), self.size),
             "versions": np.asarray([self.versions.get(worker, 0) for worker in workers], np.int64),
             "skip-clocks": np.asarray([self.skip_clocks.get(worker, 0) for worker in workers], np.int64),
             "out-of-sync": np.asarray([worker in self.out_of_sync for worker in workers], bool),
@@ -216,12 +223,22 @@ class ServerState:
         return state
 
     def step(self) -> np.ndarray:
-        """``theta^{k+1} = theta^k - alpha nabla^k`` (4); records the parameter difference for (7a)."""
-        new_theta = (self.theta.astype(np.float64) - self.config.lr * self.aggregate).astype(self.theta.dtype)
-        difference = new_theta.astype(np.float64) - self.theta
-        self.recent_sq_diffs.appendleft(float(np.dot(difference, difference)))
+        """``theta^{k+1} = theta^k - alpha nabla^k`` (4); records the parameter difference for (7a) and, two-way,
+        moves ``theta_tilde``.
+
+        Raises :class:`~laq_fl.compressors.NonFiniteError`, changing nothing, when ``theta^{k+1}`` is not finite
+        (the iteration diverged: a step size too large for the problem).
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_theta = (self.theta.astype(np.float64) - self.config.lr * self.aggregate).astype(self.theta.dtype)
+        if not np.isfinite(new_theta).all():
+            raise NonFiniteError(
+                f"theta^{self.iteration + 1} is not finite: the iteration diverged (lr = {self.config.lr} too large?)"
+            )
         if self.downlink is not None:
             self.downlink.step(new_theta)
+        difference = new_theta.astype(np.float64) - self.theta
+        self.recent_sq_diffs.appendleft(float(np.dot(difference, difference)))
         self.theta = new_theta
         self.iteration += 1
         return new_theta

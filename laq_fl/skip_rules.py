@@ -30,9 +30,10 @@ iterate of m's last upload) is at most the same threshold, LAG-PS's condition (C
 by L_m-smoothness of f_m the skipped worker's gradient moved at most ``L_m ||theta^k - theta_hat_m||``. ``L_m`` is
 the run's ``smoothness`` when it is set (LASG's code uses one constant for every worker), else the server's
 estimate from m's own uploads: the largest secant ``||Q_m(new) - Q_m(old)|| / ||theta_new - theta_old||`` seen
-(a smoothness constant is a supremum; before a worker's second upload it is always contacted). The estimate needs
-no setting and no knowledge of the task, but it is measured on quantized and, for minibatch members, stochastic
-gradients, which make it larger than the true constant, so the rule skips less than it could.
+(before a worker's second upload it is always contacted). The estimate is a heuristic, without LAG-PS's guarantee:
+for exact gradients every secant is at most the true L_m, so it is a lower bound and the rule may skip a worker
+whose gradient moved more than the threshold allows (set ``smoothness`` to a true bound for the guarantee); on
+quantized and, above all, minibatch gradients noise inflates the secants, and the rule skips less than it could.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from laq_fl.compressors import Compressor
+from laq_fl.compressors import Compressor, NonFiniteError
 from laq_fl.downlink import NO_VERSION, Broadcast, StaleIterateError, receive, state_checksum
 from laq_fl.memory import Memory
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
@@ -164,7 +164,10 @@ def worker_round(
     base = WorkerState.zeros(state.copy.size, state.copy.dtype) if instruction.reset else state
     target = parts.memory.compensate(gradient, base)
     compressed = parts.compressor.compress(target, rng)
-    new_copy = parts.memory.reconstruct(base.copy, compressed.value, base.copy.dtype)
+    with np.errstate(over="ignore"):
+        new_copy = parts.memory.reconstruct(base.copy, compressed.value, base.copy.dtype)
+    if not np.isfinite(new_copy).all():  # the server would refuse this copy: say so instead of sending it
+        raise NonFiniteError(f"the new copy Q_hat + Q(innovation) overflows {new_copy.dtype}")
     error = gradient - new_copy
     error_sq = float(np.dot(error, error))
     if instruction.reset:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, PAPER, flower_table_row, git_revision, machine, markdown_table, optimum
-from laq_fl.config import AlgorithmConfig, ProblemConfig
+from laq_fl.config import ALGORITHMS as REGISTERED, AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 
 ALGORITHMS = ("gd", "qgd", "lag", "laq")
@@ -48,6 +48,9 @@ def main() -> None:
         f_star = solved["loss"]
         print(f"f*/M = {f_star:.12f} (|grad f/M| = {solved['grad_norm']:.1e})")
 
+    server_side = [name for name in args.algorithms if REGISTERED[name].rule == "ps"]
+    if server_side:  # their workers do not all report every round, so the app's train-loss is not f(theta^k)/M
+        raise SystemExit(f"{', '.join(server_side)}: server-side rules; run them with scripts/bytes_table.py")
     rows = []
     for name in args.algorithms:
         started = time.perf_counter()

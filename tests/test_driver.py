@@ -10,6 +10,7 @@ import torch
 from conftest import assert_same_bits
 from torch.nn import functional as F
 
+from laq_fl.compressors import NonFiniteError
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.driver import run_in_process
@@ -195,3 +196,13 @@ def test_server_state_round_trips_through_arrays(synthetic_problem: Problem) -> 
         assert_same_bits(again[key], value)
     assert back.out_of_sync == {2} and back.instruction(2).reset
     assert [back.versions[m] for m in range(4)] == [int(v["version"]) for v in saved["workers"]]
+
+
+def test_a_diverged_step_is_refused_and_changes_nothing(synthetic_problem: Problem) -> None:
+    server = ServerState(synthetic_problem.initial_theta, AlgorithmConfig(algorithm="gd", lr=1e30, downlink_bits=4), 4)
+    server.aggregate[:] = 1e10  # alpha * nabla overflows float32
+    before = server.to_arrays()
+    with pytest.raises(NonFiniteError, match="diverged"):
+        server.step()
+    for key, value in server.to_arrays().items():
+        assert_same_bits(value, before[key])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from laq_fl.codec import PayloadError
 from laq_fl.compressors import Grid, Identity
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import state_checksum
@@ -57,7 +58,7 @@ def reply(
 
 @pytest.fixture
 def strategy(task_identity) -> LaqStrategy:
-    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3)
+    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3, report_every=0)
 
 
 def grads(seed: int) -> list[np.ndarray]:
@@ -142,8 +143,6 @@ GOOD_CHECKSUM = state_checksum(quantized(np.ones(SIZE, np.float32), np.zeros(SIZ
 )
 def test_malformed_reply_is_rejected_and_state_kept(strategy: LaqStrategy, content: RecordDict) -> None:
     sent = configure(strategy, 1)
-    well_formed = Message(reply_content(0, 1.0, GOOD_PAYLOAD, GOOD_CHECKSUM), reply_to=sent[NODES[0]])
-    assert strategy.aggregate_train is not None and well_formed.content  # the baseline below is accepted
     zeros = np.zeros(SIZE, np.float32)
     g = grads(3)
     good = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES[1:], start=1)]
@@ -277,7 +276,13 @@ def test_bare_skips_report_rounds_and_checksums_of_skips(task_identity) -> None:
     _, metrics = strategy.aggregate_train(3, replies)
     assert (metrics["skips"], metrics["rejected"], metrics["loss-reports"]) == (1, 2, 1)
     assert NODES[1] in strategy.state.out_of_sync
-    assert read_train_request(configure(strategy, 4)[NODES[1]]).instruction.reset
+    sent = configure(strategy, 4)
+    assert read_train_request(sent[NODES[1]]).instruction.reset
+    copies = dict(strategy.state.copies)
+    strategy.aggregate_train(4, [reply(sent[NODES[1]], 1, g[1], np.zeros(SIZE, np.float32))])
+    sent = configure(strategy, 5)  # report round again: a bare skip breaks the protocol
+    _, metrics = strategy.aggregate_train(5, [reply(sent[NODES[0]], 0, None, copies[NODES[0]])])
+    assert metrics["rejected"] == 3 and metrics["skips"] == 0 and NODES[0] in strategy.state.out_of_sync
 
 
 def test_a_bare_skip_from_a_node_that_never_named_its_partition_is_rejected(task_identity) -> None:
@@ -290,3 +295,16 @@ def test_a_bare_skip_from_a_node_that_never_named_its_partition_is_rejected(task
     sent = configure(strategy, 2, FakeGrid([101]))
     _, metrics = strategy.aggregate_train(2, [Message(RecordDict(), reply_to=sent[101])])
     assert metrics["rejected"] == 1 and metrics["skips"] == 0
+
+
+def test_an_upload_whose_copy_overflows_is_rejected(strategy: LaqStrategy) -> None:
+    """A finite radius near float32's maximum, added to a copy already there, would make Q_hat infinite."""
+    huge = Grid(4).compress(np.full(SIZE, 3.0e38)).payload
+    sent = configure(strategy, 1)
+    first = Message(reply_content(0, 1.0, huge, 0), reply_to=sent[NODES[0]])
+    first.metadata.__dict__["_src_node_id"] = NODES[0]
+    strategy.aggregate_train(1, [first])  # rejected for its checksum, but a copy near the maximum is possible
+    strategy.state.copies[NODES[0]] = np.full(SIZE, 3.0e38, np.float32)
+    strategy.state.out_of_sync.clear()
+    with pytest.raises(PayloadError, match="overflows"):
+        strategy.state.decode(NODES[0], huge)

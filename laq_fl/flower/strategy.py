@@ -68,7 +68,7 @@ class LaqStrategy(Strategy):
         (every worker failing: a bad configuration, data missing on the nodes...), naming the errors.
     """
 
-    def __init__(self, config: AlgorithmConfig, num_workers: int, report_every: int = 1) -> None:
+    def __init__(self, config: AlgorithmConfig, num_workers: int, report_every: int = 10) -> None:
         if isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 0:
             raise ValueError(f"report_every must be an integer >= 0, got {report_every!r}")
         self.config = config
@@ -205,6 +205,8 @@ class LaqStrategy(Strategy):
                     bits = state.payload_bits(parsed.payload)
                 elif node in self._forced:
                     raise PayloadError("skipped although the upload was forced (first upload, (7b) or a resync)")
+                elif self._report and parsed.checksum is None:
+                    raise PayloadError("a bare skip in a report round, which asks every worker for loss and checksum")
                 if partition is None:
                     raise PayloadError("a bare skip from a node that never named its partition")
                 if parsed.checksum is not None:
