@@ -103,7 +103,7 @@ def plot_bytes(summary: dict, results_dir: Path, docs: Path, name: str) -> list[
     colors = plt.get_cmap("tab10")
     for index, row in enumerate(summary["rows"]):
         stem = f"bytes-{summary['setting']}-{row['variant'].replace(' ', '-').replace('=', '')}"
-        rows = load_rows(results_dir, f"runs/{stem}.jsonl")[1:]
+        rows = [r for r in load_rows(results_dir, f"runs/{stem}.jsonl")[1:] if r["residual"] is not None]  # evaluated rounds
         total = [r["total-bytes-cum"] for r in rows]
         style = "--" if "two-way" in row["variant"] else "-"
         axes[0].plot(total, [max(r["residual"], 1e-12) for r in rows], style, color=colors(index), label=row["variant"].upper(), linewidth=1.3)

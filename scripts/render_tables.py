@@ -1,6 +1,6 @@
 """Print the README's result tables from the JSON files the table scripts wrote.
 
-    python scripts/render_tables.py            # reads results/table*.json
+    python scripts/render_tables.py            # reads results/table*.json and results/bytes-*.json
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bytes_table import markdown as bytes_markdown
 from experiments import DEFAULT_OUT_DIR, PAPER, markdown_table
 
 LAZY = {"table2": ("gd", "laq"), "table3": ("sgd", "slaq-wk2")}
@@ -27,6 +28,13 @@ def main() -> None:
         if summary.get("f_star") is not None:
             print(f"f*/M = {summary['f_star']:.10f}; runs end at loss residual <= {summary['tolerance']:g}\n")
         print(markdown_table(summary["rows"], PAPER[summary.get("paper", path.stem)], reference, lazy))
+        print()
+    for path in sorted(args.results_dir.glob("bytes-*.json")):
+        summary = json.loads(path.read_text())
+        minutes = sum(row["seconds"] for row in summary["rows"]) / 60
+        print(f"### {path.stem}\n")
+        print(f"`{summary['command']}` — {minutes:.0f} min on {summary['machine']} (revision {summary['revision']})\n")
+        print(bytes_markdown(summary))
         print()
 
 
