@@ -277,8 +277,8 @@ class ProblemConfig:
         _positive_int("num_workers", self.num_workers)
         _positive_float("lam", self.lam, allow_zero=True)
         _one_of("init", self.init, INITS)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError("seed", f"must be an integer in [0, 2^63) (torch's seed range), got {self.seed!r}")
         _one_of("dtype", self.dtype, DTYPES)
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ConfigError("data_dir", f"must be a non-empty path, got {self.data_dir!r}")

@@ -127,7 +127,7 @@ def run_in_process(
             if payload is None:
                 server.skip(m)
             else:
-                server.accept(m, payload)
+                server.accept(m, payload, workers[m].last_error_sq)
                 uploads += 1
                 bits_sent += server.payload_bits(payload)
 

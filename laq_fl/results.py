@@ -1,9 +1,12 @@
-"""The per-round results file of a run: JSON Lines, one object per round, flushed as it goes."""
+"""The per-round results file of a run: JSON Lines, one object per round, flushed as it goes, and a last line
+``{"status": "completed" | "failed", ...}`` that says how the run ended (absent: it was killed or is running).
+:func:`read_results` splits a file into its rounds and that status."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,17 +24,33 @@ class RoundLog:
     the f_m(theta^{k-1}) reported this round) and ``loss-reports`` (how many: M in report rounds when every worker
     was contacted, else the uploaders) and ``train-loss-of`` (which of the two), ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and
     ``wall-seconds``.
+
+    ``resume_after=r`` continues an existing file (a resumed run): its rounds ``0..r`` are kept with their totals,
+    any later rows and status line dropped (atomically), and new rows appended. Raises ``ValueError`` when the file
+    does not hold round ``r``.
     """
 
-    def __init__(self, path: Path, algorithm: str) -> None:
+    def __init__(self, path: Path, algorithm: str, resume_after: int | None = None) -> None:
         self.path = path
         self.algorithm = algorithm
         self.totals = dict.fromkeys(CUMULATIVE, 0)
         self.rows: list[dict[str, Any]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = path.open("w", encoding="utf-8")
-        self._started = time.perf_counter()
-        self._last = self._started
+        wall = 0.0
+        if resume_after is not None:
+            rows, _ = read_results(path) if path.exists() else ([], None)
+            self.rows = [row for row in rows if row["round"] <= resume_after]
+            if not self.rows or self.rows[-1]["round"] != resume_after:
+                raise ValueError(f"{path} does not hold round {resume_after} to resume after")
+            for key in CUMULATIVE:
+                self.totals[key] = self.rows[-1].get(f"{key}-cum", 0)
+            wall = self.rows[-1].get("wall-seconds") or 0.0
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text("".join(json.dumps(row) + "\n" for row in self.rows), encoding="utf-8")
+            os.replace(temporary, path)
+        self._file: TextIO = path.open("a" if resume_after is not None else "w", encoding="utf-8")
+        self._started = time.perf_counter() - wall
+        self._last = time.perf_counter()
 
     def record(self, server_round: int, **columns: Any) -> dict[str, Any]:
         now = time.perf_counter()
@@ -50,6 +69,17 @@ class RoundLog:
         self._file.write(json.dumps({k: _finite_or_none(v) for k, v in row.items()}) + "\n")
         self._file.flush()
         return row
+
+    def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Write the status line: ``status`` ("completed" or "failed"), the last round, the totals, ``error``."""
+        trained = [row for row in self.rows if row["round"] > 0]
+        line: dict[str, Any] = {"status": status, "algorithm": self.algorithm,
+                                "rounds": trained[-1]["round"] if trained else 0, **self.totals}
+        if error is not None:
+            line["error"] = error
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        return line
 
     def close(self) -> None:
         self._file.close()
@@ -74,3 +104,17 @@ class RoundLog:
 
 def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_results(path: Path | str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The round rows of a results file, in order, and its status line (``None`` if the run did not finish)."""
+    rows, status = [], None
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "status" in row:
+            status = row
+        else:
+            rows.append(row)
+    return rows, status

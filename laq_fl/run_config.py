@@ -6,6 +6,7 @@ naming the key and what it allows, so a bad run stops before round 1.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +49,14 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "run-name": (str, ""),
     "round-timeout": (float, 600.0),
     "node-wait-timeout": (float, 120.0),
+    "checkpoint-every": (int, 10),
+    "resume": (bool, False),
 }
+
+RESUMABLE_CHANGES = frozenset(
+    {"rounds", "resume", "round-timeout", "node-wait-timeout", "checkpoint-every", "data-dir", "report-every"}
+)
+"""Keys a resumed run may set differently from the checkpoint's run (they change no iterate)."""
 
 # Fields of the library's configs -> the run-config key a user sets.
 _FIELD_TO_KEY = {
@@ -87,10 +95,19 @@ class RunSettings:
     round_timeout: float
     node_wait_timeout: float
     report_every: int = 10
+    checkpoint_every: int = 10
+    resume: bool = False
+    values: tuple = ()
+    """Every key with its value (defaults included), sorted: what a checkpoint records of its run."""
 
     @property
     def num_clients(self) -> int:
         return self.problem.num_workers
+
+    def checkpoint_path(self, run_id: int) -> Path:
+        """``<out-dir>/checkpoints/<run-name>.npz`` (``<algorithm>-<model>-<run id>`` without a run-name)."""
+        name = self.run_name or f"{self.algorithm.algorithm}-{self.problem.model}-{run_id}"
+        return Path(self.out_dir) / "checkpoints" / f"{name}.npz"
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -128,8 +145,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     if values["report-every"] < 0:
         raise ConfigError("report-every", f"must be an integer >= 0 (0: losses only with uploads), got {values['report-every']}")
     for key in ("round-timeout", "node-wait-timeout"):
-        if not values[key] > 0:
-            raise ConfigError(key, f"must be a number of seconds > 0, got {values[key]}")
+        if not math.isfinite(values[key]) or not values[key] > 0:
+            raise ConfigError(key, f"must be a finite number of seconds > 0, got {values[key]}")
+    if values["checkpoint-every"] < 0:
+        raise ConfigError("checkpoint-every", f"must be an integer >= 0 (0: no checkpoints), got {values['checkpoint-every']}")
+    if values["resume"] and not values["run-name"]:
+        raise ConfigError("resume", "needs run-name: the checkpoint and results file to continue are named after it")
     # A relative $LAQ_FL_DATA_DIR comes from the user's shell, so it resolves against the working directory;
     # only the run config's own data-dir must be absolute (the apps' working directory is the SuperLink's).
     from_env = os.environ.get(DATA_DIR_ENV)
@@ -165,6 +186,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     except ConfigError as error:
         key = _FIELD_TO_KEY.get(error.key, error.key)
         raise ConfigError(key, str(error).split(": ", 1)[1]) from None
+    if values["lr"] * values["lambda"] >= 2:
+        # The regulariser alone has curvature lambda: gradient descent on it diverges once lr * lambda >= 2.
+        raise ConfigError(
+            "lambda", f"lr * lambda = {values['lr'] * values['lambda']:.3g} >= 2: the iteration diverges on the "
+            f"(lambda/2)||theta||^2 term alone (lr = {values['lr']}, lambda = {values['lambda']})"
+        )
     return RunSettings(
         algorithm=algorithm,
         problem=problem,
@@ -174,6 +201,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
         round_timeout=values["round-timeout"],
         node_wait_timeout=values["node-wait-timeout"],
         report_every=values["report-every"],
+        checkpoint_every=values["checkpoint-every"],
+        resume=values["resume"],
+        values=tuple(sorted(values.items())),
     )
 
 

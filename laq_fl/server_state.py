@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,6 +12,29 @@ from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
+
+
+@dataclass(frozen=True)
+class Restore:
+    """What the server sends a worker whose state it knows to differ from its own (a node that lost its state, a
+    resumed run): the worker's state as the server holds it, so the worker continues exactly where it was.
+
+    Attributes
+    ----------
+    copy
+        ``Q_hat_m``, shape ``(p,)`` in the run's dtype.
+    version
+        Uploads since the worker's last reset.
+    error_sq
+        ``||eps_hat_m||^2`` of the last upload (the worker reported it with the upload), for (7a).
+    theta_hat
+        The iterate of the last upload, for rules that need it (LASG-WK2); ``None`` otherwise.
+    """
+
+    copy: np.ndarray
+    version: int
+    error_sq: float
+    theta_hat: np.ndarray | None = None
 
 
 class ServerState:
@@ -31,6 +55,11 @@ class ServerState:
     out_of_sync
         Workers whose last reply was lost or rejected: the server cannot know whether the worker
         moved its ``Q_hat``, so it keeps the stale copy for now and asks for a reset upload.
+    restore_pending
+        Workers known to hold another state than the server's (they lost it, or the run resumed): the next message
+        to each carries a :class:`Restore` of the server's copy.
+    error_sqs
+        ``||eps_hat_m||^2`` of each worker's last upload, as it reported it (for :class:`Restore`).
     recent_sq_diffs
         ``||theta^{k+1-d} - theta^{k-d}||^2`` for ``d = 1..D``, newest first, for (7a).
     downlink
@@ -39,7 +68,8 @@ class ServerState:
     theta_versions
         The version of ``theta_tilde`` each worker holds, as far as its accepted replies show (two-way only).
     upload_iterates, smoothness
-        For server-side rules (``needs_upload_iterates``): the iterate of each worker's last upload
+        For server-side rules (``needs_upload_iterates``) and rules whose worker half keeps ``theta_hat``
+        (``needs_same_sample``, for :class:`Restore`): the iterate of each worker's last upload
         (``theta_hat_m``, at which it computed) and the estimate ``L_m`` of its gradient's Lipschitz constant,
         the largest secant ``||Q_new - Q_old|| / ||theta_new - theta_hat_m||`` seen over its uploads.
     """
@@ -60,12 +90,14 @@ class ServerState:
         self.versions: dict[WorkerKey, int] = {}
         self.skip_clocks: dict[WorkerKey, int] = {}
         self.out_of_sync: set[WorkerKey] = set()
+        self.restore_pending: set[WorkerKey] = set()
+        self.error_sqs: dict[WorkerKey, float] = {}
         self.recent_sq_diffs: deque[float] = deque(maxlen=config.num_differences)
         self.iteration = 0
         downlink_compressor = config.downlink_compressor(theta.dtype)
         self.downlink = None if downlink_compressor is None else Downlink(self.theta, downlink_compressor)
         self.theta_versions: dict[WorkerKey, int] = {}
-        self.keeps_upload_iterates = getattr(self.rule, "needs_upload_iterates", False)
+        self.keeps_upload_iterates = getattr(self.rule, "needs_upload_iterates", False) or config.rule.worker.needs_same_sample
         self.upload_iterates: dict[WorkerKey, np.ndarray] = {}
         self.smoothness: dict[WorkerKey, float] = {}
 
@@ -81,9 +113,30 @@ class ServerState:
         return self.downlink.broadcast(self.theta_versions.get(worker, NO_VERSION))
 
     def delivered(self, worker: WorkerKey) -> None:
-        """``worker``'s reply was accepted: it holds the current ``theta_tilde``."""
+        """``worker``'s reply was accepted: it holds the current ``theta_tilde`` (and any restore it was sent)."""
         if self.downlink is not None:
             self.theta_versions[worker] = self.downlink.version
+        self.restore_pending.discard(worker)
+
+    def restore(self, worker: WorkerKey) -> Restore | None:
+        """The :class:`Restore` to send ``worker`` this round, or ``None`` (none pending, or a reset upload
+        pending instead, which makes its state irrelevant)."""
+        if worker not in self.restore_pending or needs_resync(self, worker):
+            return None
+        return Restore(
+            copy=self.copies[worker],
+            version=self.versions[worker],
+            error_sq=self.error_sqs.get(worker, 0.0),
+            theta_hat=self.upload_iterates.get(worker) if self.config.rule.worker.needs_same_sample else None,
+        )
+
+    def state_differs(self, worker: WorkerKey) -> None:
+        """``worker`` holds another state than the server's copy, and did not change it this round (it said so,
+        or it is a new node for that worker): send it a :class:`Restore` with its next message, and the full
+        ``theta_tilde`` (two-way)."""
+        self.theta_versions.pop(worker, None)
+        if worker in self.copies and worker not in self.out_of_sync:
+            self.restore_pending.add(worker)
 
     def checksum(self, worker: WorkerKey) -> int:
         """The checksum ``worker``'s state must have if it agrees with the server (:meth:`WorkerState.checksum`):
@@ -123,13 +176,21 @@ class ServerState:
     def payload_bits(self, payload: bytes) -> int:
         return self.compressor.payload_bits(payload, self.size)
 
-    def accept(self, worker: WorkerKey, payload: bytes) -> None:
-        """Decode a payload and fold it in (:meth:`decode` then :meth:`commit`)."""
-        self.commit(worker, self.decode(worker, payload))
+    def expected_version(self, worker: WorkerKey, upload: bool) -> int:
+        """The version ``worker`` must report after this round: one more than the server counts on an upload
+        (1 after a reset), the same on a skip."""
+        known = 0 if needs_resync(self, worker) else self.versions[worker]
+        return known + 1 if upload else known
 
-    def commit(self, worker: WorkerKey, new_copy: np.ndarray) -> None:
-        """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock."""
-        self.versions[worker] = (0 if needs_resync(self, worker) else self.versions[worker]) + 1
+    def accept(self, worker: WorkerKey, payload: bytes, error_sq: float = 0.0) -> None:
+        """Decode a payload and fold it in (:meth:`decode` then :meth:`commit`)."""
+        self.commit(worker, self.decode(worker, payload), error_sq)
+
+    def commit(self, worker: WorkerKey, new_copy: np.ndarray, error_sq: float = 0.0) -> None:
+        """Replace the worker's copy: ``nabla += Q_m(theta^k) - Q_m(theta_hat_m)`` (4); resets its clock.
+        ``error_sq`` is the ``||eps_hat_m||^2`` the worker reported with the upload (kept for :class:`Restore`)."""
+        self.versions[worker] = self.expected_version(worker, upload=True)
+        self.error_sqs[worker] = float(error_sq)
         previous = self.copies.get(worker)
         if self.keeps_upload_iterates:
             self._record_upload_iterate(worker, previous, new_copy)
@@ -139,6 +200,7 @@ class ServerState:
         self.copies[worker] = new_copy
         self.skip_clocks[worker] = 0
         self.out_of_sync.discard(worker)
+        self.restore_pending.discard(worker)
 
     def _record_upload_iterate(self, worker: WorkerKey, previous: np.ndarray | None, new_copy: np.ndarray) -> None:
         iterate = self.iterate
@@ -158,6 +220,7 @@ class ServerState:
         """A reply from ``worker`` was lost or rejected: reuse its stale copy this round, resync next round
         (a reset upload and, two-way, the full ``theta_tilde``: the server cannot know what the worker applied)."""
         self.out_of_sync.add(worker)
+        self.restore_pending.discard(worker)
         self.theta_versions.pop(worker, None)
 
     def forget(self, worker: WorkerKey) -> None:
@@ -168,19 +231,28 @@ class ServerState:
         self.versions.pop(worker, None)
         self.skip_clocks.pop(worker, None)
         self.out_of_sync.discard(worker)
+        self.restore_pending.discard(worker)
+        self.error_sqs.pop(worker, None)
         self.theta_versions.pop(worker, None)
         self.upload_iterates.pop(worker, None)
         self.smoothness.pop(worker, None)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The whole state as plain arrays, for a checkpoint: theta, the aggregate, the recent differences,
-        the iteration, ``theta_tilde`` and its version (two-way), and per worker (in ``workers`` order, keys as
-        ``str``) its copy, version, clock, out-of-sync flag and known ``theta_tilde`` version. Workers without a
-        copy but with a clock appear with a zero copy and version 0. The recent innovations, the upload iterates
-        and the smoothness estimates are not kept: after a restore, workers behind get the full iterate and
-        server-side rules contact each worker once before they skip it again."""
-        workers = sorted(set(self.copies) | set(self.skip_clocks) | self.out_of_sync | set(self.theta_versions), key=str)
+        """The whole state as plain arrays, for a checkpoint: theta, the aggregate, the recent differences, the
+        iteration, ``theta_tilde`` and its version (two-way), and per worker (in ``workers`` order, keys as ``str``)
+        its copy, version, clock, out-of-sync and restore flags, known ``theta_tilde`` version, reported
+        ``||eps_hat||^2``, upload iterate and smoothness estimate. Workers without a copy but with a clock appear
+        with a zero copy and version 0. Not kept: the downlink's recent innovations (after a restore, every worker
+        gets the full ``theta_tilde``, which changes bytes, not the iterates)."""
+        workers = sorted(
+            set(self.copies) | set(self.skip_clocks) | self.out_of_sync | set(self.theta_versions) | self.restore_pending,
+            key=str,
+        )
         zeros = np.zeros_like(self.theta)
+
+        def stacked(values: dict) -> np.ndarray:
+            return np.asarray([values.get(worker, zeros) for worker in workers], self.theta.dtype).reshape(len(workers), self.size)
+
         arrays = {
             "theta": self.theta,
             "aggregate": self.aggregate,
@@ -188,11 +260,16 @@ class ServerState:
             "iteration": np.asarray(self.iteration, np.int64),
             "workers": np.asarray([str(worker) for worker in workers]),
             "has-copy": np.asarray([worker in self.copies for worker in workers], bool),
-            "copies": np.asarray([self.copies.get(worker, zeros) for worker in workers]).reshape(len(workers), self.size),
+            "copies": stacked(self.copies),
             "versions": np.asarray([self.versions.get(worker, 0) for worker in workers], np.int64),
             "skip-clocks": np.asarray([self.skip_clocks.get(worker, 0) for worker in workers], np.int64),
             "out-of-sync": np.asarray([worker in self.out_of_sync for worker in workers], bool),
+            "restore-pending": np.asarray([worker in self.restore_pending for worker in workers], bool),
             "theta-versions": np.asarray([self.theta_versions.get(worker, NO_VERSION) for worker in workers], np.int64),
+            "error-sqs": np.asarray([self.error_sqs.get(worker, 0.0) for worker in workers], np.float64),
+            "has-upload-iterate": np.asarray([worker in self.upload_iterates for worker in workers], bool),
+            "upload-iterates": stacked(self.upload_iterates),
+            "smoothness": np.asarray([self.smoothness.get(worker, np.nan) for worker in workers], np.float64),
         }
         if self.downlink is not None:
             arrays.update(self.downlink.to_arrays())
@@ -200,7 +277,10 @@ class ServerState:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int) -> ServerState:
-        """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for node ids)."""
+        """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for partitions).
+
+        Raises ``KeyError`` for an array the checkpoint lacks and ``ValueError`` when theta is not a flat float vector.
+        """
         state = cls(np.asarray(arrays["theta"]), config, num_workers)
         state.aggregate = np.array(arrays["aggregate"], np.float64)
         state.recent_sq_diffs.extend(float(value) for value in arrays["recent-sq-diffs"])
@@ -208,18 +288,29 @@ class ServerState:
         if state.downlink is not None:
             state.downlink.theta_tilde = np.array(arrays["theta-tilde"], state.theta.dtype)
             state.downlink.version = int(arrays["theta-version"])
-        columns = zip(arrays["workers"], arrays["has-copy"], arrays["copies"], arrays["versions"], arrays["skip-clocks"],
-                      arrays["out-of-sync"], arrays["theta-versions"])
-        for name, has_copy, copy, version, clock, out_of_sync, theta_version in columns:
+        columns = zip(
+            arrays["workers"], arrays["has-copy"], arrays["copies"], arrays["versions"], arrays["skip-clocks"],
+            arrays["out-of-sync"], arrays["restore-pending"], arrays["theta-versions"], arrays["error-sqs"],
+            arrays["has-upload-iterate"], arrays["upload-iterates"], arrays["smoothness"],
+        )
+        for (name, has_copy, copy, version, clock, out_of_sync, restore, theta_version, error_sq, has_iterate, iterate,
+             smoothness) in columns:
             worker = key(str(name))
             if has_copy:
                 state.copies[worker] = np.array(copy, state.theta.dtype)
                 state.versions[worker] = int(version)
+                state.error_sqs[worker] = float(error_sq)
             state.skip_clocks[worker] = int(clock)
             if out_of_sync:
                 state.out_of_sync.add(worker)
+            if restore:
+                state.restore_pending.add(worker)
             if theta_version != NO_VERSION and state.downlink is not None:
                 state.theta_versions[worker] = int(theta_version)
+            if has_iterate:
+                state.upload_iterates[worker] = np.array(iterate, state.theta.dtype)
+            if np.isfinite(smoothness):
+                state.smoothness[worker] = float(smoothness)
         return state
 
     def step(self) -> np.ndarray:

@@ -51,8 +51,8 @@ class WorkerState:
     residual
         The error-feedback residual ``e`` (float64); kept only by memories that need it.
     version
-        Uploads since the last reset; the server counts the same per worker (tests compare the two), so a
-        later resync protocol can detect lost state without a new format.
+        Uploads since the last reset; the server counts the same per worker and names it in every instruction, so
+        a worker that lost its state (or holds another) says so instead of computing (:mod:`laq_fl.flower.messages`).
     theta_tilde
         Two-way broadcasts only: the iterate this worker holds (shape ``(p,)``, the run's dtype), equal to the
         server's ``theta_tilde`` at ``theta_version`` (:mod:`laq_fl.downlink`).
@@ -81,6 +81,24 @@ class WorkerState:
         self.theta_hat = None
         self.residual = None
         self.version = 0
+
+    def restore(self, copy: np.ndarray, version: int, error_sq: float, theta_hat: np.ndarray | None = None) -> None:
+        """Take the server's copy of this worker's state (:class:`~laq_fl.server_state.Restore`): ``Q_hat``, the
+        version, ``||eps_hat||^2`` and ``theta_hat``. ``theta_tilde`` stays (the broadcast that comes with a
+        restore is the full iterate); an error-feedback residual, which the server never sees, restarts at zero.
+
+        Raises ``ValueError``, changing nothing, when ``copy`` does not have this state's shape and dtype.
+        """
+        copy = np.asarray(copy)
+        if copy.shape != self.copy.shape or copy.dtype != self.copy.dtype:
+            raise ValueError(f"a restored Q_hat must be {self.copy.dtype} of shape {self.copy.shape}, got {copy.dtype} {copy.shape}")
+        if theta_hat is not None and np.shape(theta_hat) != self.copy.shape:
+            raise ValueError(f"a restored theta_hat must have shape {self.copy.shape}, got {np.shape(theta_hat)}")
+        self.copy = np.array(copy, copy=True)
+        self.version = int(version)
+        self.last_error_sq = float(error_sq)
+        self.theta_hat = None if theta_hat is None else np.array(theta_hat, self.copy.dtype, copy=True)
+        self.residual = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays, for ``context.state`` or a checkpoint; absent keys are ``None`` fields."""

@@ -1,0 +1,65 @@
+"""The roster: which node serves which partition, as nodes restart, duplicate, fail and vanish."""
+
+from __future__ import annotations
+
+import pytest
+
+from laq_fl.membership import Identity, Roster
+
+
+def roster_with(claims: dict[int, int], partitions: int = 3) -> Roster:
+    roster = Roster(partitions)
+    for node, partition in claims.items():
+        roster.identify(node, Identity(partition))
+    return roster
+
+
+def test_first_claimant_serves_and_a_duplicate_is_reported_once() -> None:
+    roster = roster_with({10: 0, 11: 1, 12: 2, 13: 0})
+    first = roster.assign([10, 11, 12, 13])
+    assert first.serving == {0: 10, 1: 11, 2: 12}
+    assert first.duplicates == [(13, 0, 10)] and first.unserved == []
+    assert {p for p, _, _ in first.taken_over} == {0, 1, 2}
+    again = roster.assign([10, 11, 12, 13])
+    assert again.serving == first.serving and again.duplicates == [] and again.taken_over == []
+
+
+def test_a_failing_holder_hands_over_to_the_newest_healthy_claimant_and_is_not_a_duplicate() -> None:
+    roster = roster_with({10: 0, 11: 1})
+    roster.assign([10, 11])
+    roster.failed(10)
+    roster.assign([10, 11])  # no one else claims 0: the failing holder is retried
+    assert roster.serving[0] == 10
+    roster.identify(20, Identity(0))  # node 10 restarted as node 20; 10 is still listed (heartbeat not expired)
+    outcome = roster.assign([10, 11, 20])
+    assert outcome.serving[0] == 20 and outcome.taken_over == [(0, 10, 20)] and outcome.duplicates == []
+    assert roster.assign([10, 11, 20]).duplicates == []  # the ghost of a restarted node is not a duplicate
+
+
+def test_a_healthy_holder_keeps_its_partition_against_a_newcomer() -> None:
+    roster = roster_with({10: 0})
+    roster.assign([10])
+    roster.identify(20, Identity(0))
+    outcome = roster.assign([10, 20])
+    assert outcome.serving == {0: 10} and outcome.duplicates == [(20, 0, 10)]
+
+
+def test_a_gone_holder_is_replaced_and_unserved_rounds_count_up_and_reset() -> None:
+    roster = roster_with({10: 0, 11: 1}, partitions=2)
+    roster.assign([10, 11])
+    assert roster.assign([11]).unserved == [0] and roster.unserved_rounds[0] == 1
+    assert roster.assign([11]).unserved == [0] and roster.unserved_rounds[0] == 2
+    assert roster.assign([10, 11]).serving == {0: 10, 1: 11} and roster.unserved_rounds[0] == 0  # back, same id
+    roster.identify(30, Identity(0))
+    assert roster.assign([11, 30]).taken_over == [(0, 10, 30)]
+
+
+def test_identities_outside_the_partitions_are_refused() -> None:
+    roster = Roster(3)
+    with pytest.raises(ValueError, match="partition 3, outside 0..2"):
+        roster.identify(1, Identity(3))
+    assert roster.unknown([1, 2]) == [1, 2]
+    roster.identify(2, Identity(1))
+    assert roster.unknown([1, 2]) == [1]
+    roster.forget(2)
+    assert roster.unknown([1, 2]) == [1, 2]
