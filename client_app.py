@@ -3,7 +3,7 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from laq_fl.flower.client import handle_train
+from laq_fl.flower.client import handle_identify, handle_train
 
 app = ClientApp()
 
@@ -11,3 +11,8 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return handle_train(msg, context)
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    return handle_identify(msg, context)

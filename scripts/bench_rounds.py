@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, REPO_ROOT, machine, run_flower_app
+
 from laq_fl.codec import packed_size
+from laq_fl.compressors import Grid
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.flower.local_run import flwr_run, free_port, private_env, start_superlink, stop_processes
 from laq_fl.problem import build_problem
-from laq_fl.compressors import Grid
+from laq_fl.results import read_results
 
 
 def bare_loop(clients: int, rounds: int, data_dir: str) -> list[float]:
@@ -64,7 +65,7 @@ def flwr_run_seconds(app_dir: Path, run_config: dict, clients: int, result_file:
         superlink.wait(timeout=10)
     if result_file is not None:
         return json.loads(result_file.read_text())["round_seconds"]
-    rows = [json.loads(line) for line in (Path(run_config["out-dir"]) / f"{run_config['run-name']}.jsonl").read_text().splitlines()]
+    rows, _ = read_results(Path(run_config["out-dir"]) / f"{run_config['run-name']}.jsonl")
     return [row["round-seconds"] for row in rows[1:]]
 
 

@@ -21,6 +21,7 @@ from laq_fl.config import ProblemConfig
 from laq_fl.flower import InProcessGrid, run_server
 from laq_fl.flower.serverapp import results_path
 from laq_fl.problem import build_problem
+from laq_fl.results import read_results
 from laq_fl.run_config import parse_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def run_flower_app(run_config: dict) -> list[dict]:
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     run_server(grid, context)
     path = results_path(settings, context.run_id)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_results(path)[0]
 
 
 def flower_table_row(run_config: dict, iterations: int, reuse: bool = False) -> tuple[dict, list[dict]]:
@@ -125,7 +126,7 @@ def flower_table_row(run_config: dict, iterations: int, reuse: bool = False) -> 
     """
     started = time.perf_counter()
     path = Path(run_config["out-dir"]) / f"{run_config['run-name']}.jsonl"
-    existing = [json.loads(line) for line in path.read_text().splitlines()] if reuse and path.exists() else []
+    existing = read_results(path)[0] if reuse and path.exists() else []
     if len(existing) == run_config["rounds"] + 1 and existing[-1]["algorithm"] == run_config["algorithm"]:
         rows = existing
         started -= rows[-1]["wall-seconds"]  # report the earlier run's wall time

@@ -18,8 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from experiments import DEFAULT_OUT_DIR, REPO_ROOT  # noqa: E402
+
+from laq_fl.results import read_results
 
 STYLE = {"gd": ("GD", "tab:blue"), "qgd": ("QGD", "tab:orange"), "lag": ("LAG", "tab:green"), "laq": ("LAQ", "tab:red"),
          "sgd": ("SGD", "tab:blue"), "qsgd": ("QSGD", "tab:orange"), "ssgd": ("SSGD", "tab:purple"),
@@ -28,7 +29,7 @@ STYLE = {"gd": ("GD", "tab:blue"), "qgd": ("QGD", "tab:orange"), "lag": ("LAG", 
 
 
 def load_rows(results_dir: Path, results_file: str) -> list[dict]:
-    return [json.loads(line) for line in (results_dir / results_file).read_text().splitlines()]
+    return read_results(results_dir / results_file)[0]
 
 
 def curves(summary: dict, results_dir: Path) -> dict[str, dict[str, list[float]]]:

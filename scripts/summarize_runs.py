@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+from laq_fl.results import read_results
+
 
 def summarize(path: Path) -> dict:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, _ = read_results(path)
     trained = [row for row in rows if row["round"] > 0]
     last = trained[-1]
     return {

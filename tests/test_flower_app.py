@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import tomllib  # Python >= 3.11
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, assert_same_bits
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from client_app import app as client_app
-from conftest import REPO_ROOT, assert_same_bits
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, LaqStrategy, run_server
 from laq_fl.flower.client import handle_train, load_state
 from laq_fl.models import FlatModel
+from laq_fl.results import read_results
 from laq_fl.run_config import RUN_CONFIG_SCHEMA
 
 
@@ -26,7 +26,8 @@ def run_app(run_config: dict, num_nodes: int, handler=client_app) -> tuple[np.nd
     result = run_server(grid, context)
     (theta,) = result.arrays.to_numpy_ndarrays()
     path = Path(run_config["out-dir"]) / f"{run_config['run-name']}.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows, status = read_results(path)
+    assert status is not None and status["status"] == "completed"
     return theta, rows, grid
 
 
@@ -98,9 +99,11 @@ def test_lost_replies_resync_and_the_run_goes_on(task_identity) -> None:
 
     assert failures == [2, 3]
     assert [strategy.round_metrics[r]["rejected"] for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert [strategy.round_metrics[r]["resyncs"] for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
     state = strategy.state
     assert not state.out_of_sync
-    for node, context in grid.contexts.items():
+    for context in grid.contexts.values():
+        node = context.node_config["partition-id"]  # the server keeps worker state per partition
         worker = load_state(context, state.size, np.float32)
         np.testing.assert_array_equal(state.copies[node], worker.copy)
         assert state.versions[node] == worker.version
@@ -151,8 +154,9 @@ def test_a_run_where_every_reply_fails_stops_with_the_reason(tmp_path, task_iden
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config)
     with pytest.raises(RuntimeError, match="3 consecutive rounds.*MNIST not found"):
         run_server(grid, context)
-    rows = (tmp_path / "broken.jsonl").read_text().splitlines()
+    rows, status = read_results(tmp_path / "broken.jsonl")
     assert len(rows) == 3  # theta^0 and the two rounds before the third failure; nothing after
+    assert status["status"] == "failed" and status["rounds"] == 2 and "MNIST not found" in status["error"]
 
 
 def test_a_big_endian_theta0_is_broadcast_in_native_order(task_identity) -> None:
@@ -176,7 +180,8 @@ def test_copies_agree_bit_for_bit_after_30_rounds_through_the_grid(task_identity
     strategy.start(grid, ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)]), num_rounds=30)
     state = strategy.state
     assert sum(strategy.round_metrics[r]["rejected"] for r in range(1, 31)) == 0
-    for node, context in grid.contexts.items():
+    for context in grid.contexts.values():
+        node = context.node_config["partition-id"]  # the server keeps worker state per partition
         worker = load_state(context, state.size, np.float32)
         assert_same_bits(state.copies[node], worker.copy)
         assert state.versions[node] == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)

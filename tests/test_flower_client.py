@@ -27,12 +27,14 @@ def make_context(partition: int = 1) -> Context:
 
 
 def train_message(
-    theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4, algorithm: str = "laq", report: bool = False
+    theta: np.ndarray, iteration: int, instruction: Instruction, bits: int = 4, algorithm: str = "laq", report: bool = False,
+    version: int = 0,
 ) -> Message:
+    """``version``: the worker's upload count as the server knows it."""
     config = AlgorithmConfig(algorithm=algorithm, bits=bits)
     broadcast = Broadcast(version=NO_VERSION, theta=theta)
     content = train_content(ArrayRecord([theta]), broadcast, None, iteration, config.compressor(), config.memory.name,
-                            config.spec.rule, 0, instruction, report)
+                            config.spec.rule, 0, instruction, report, version)
     message = Message(content, 77, MessageType.TRAIN)
     message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
     return message
@@ -56,7 +58,7 @@ def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.nd
     assert load_state(context, theta.size, np.float32).version == 1
 
     # Same theta, generous threshold: the innovation is tiny, so the worker skips and keeps its memory.
-    second = handle_train(train_message(theta, 1, Instruction(1e9, force_upload=False)), context)
+    second = handle_train(train_message(theta, 1, Instruction(1e9, force_upload=False), version=1), context)
     assert read_train_reply(second).payload is None
     assert len(second.content) == 0  # a bare skip
     np.testing.assert_array_equal(load_state(context, theta.size, np.float32).copy, q_hat)
@@ -68,7 +70,7 @@ def test_a_skip_costs_no_more_than_an_empty_reply(task_identity, theta: np.ndarr
     context = make_context()
     context.node_id = (1 << 63) - 77
     handle_train(train_message(theta, 0, Instruction(0.0, force_upload=True)), context)
-    request = train_message(theta, 2500, Instruction(1e9, force_upload=False))
+    request = train_message(theta, 2500, Instruction(1e9, force_upload=False), version=1)
     skip = handle_train(request, context)
     assert read_train_reply(skip).payload is None
     empty = Message(RecordDict({}), reply_to=request)  # Flower's floor for any reply
@@ -76,7 +78,7 @@ def test_a_skip_costs_no_more_than_an_empty_reply(task_identity, theta: np.ndarr
         message.metadata.__dict__["_message_id"] = "f" * 64  # ids are SHA-256 hex digests in a runtime
     assert uplink_bytes(skip) <= 1.1 * uplink_bytes(empty)
     # In a report round the skip carries loss and checksum in one record (~340 bytes, mostly content-addressed ids).
-    reported = handle_train(train_message(theta, 2501, Instruction(1e9, force_upload=False), report=True), context)
+    reported = handle_train(train_message(theta, 2501, Instruction(1e9, force_upload=False), report=True, version=1), context)
     reported.metadata.__dict__["_message_id"] = "f" * 64
     parsed = read_train_reply(reported)
     assert parsed.payload is None and parsed.partition_id == 1 and parsed.checksum == load_state(context, theta.size, np.float32).checksum()
@@ -108,7 +110,7 @@ def test_error_feedback_state_persists_in_context(task_identity, theta: np.ndarr
     context = make_context()
     context.run_config = {**RUN_CONFIG, "algorithm": "ef-signsgd"}
     for k in range(2):
-        handle_train(train_message(theta, k, Instruction(0.0, force_upload=True), algorithm="ef-signsgd"), context)
+        handle_train(train_message(theta, k, Instruction(0.0, force_upload=True), algorithm="ef-signsgd", version=k), context)
     state = load_state(context, theta.size, np.float32)
     assert state.version == 2 and state.residual is not None and state.residual.dtype == np.float64 and np.any(state.residual)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from laq_fl.flower.local_run import flwr_run, free_port, owned_processes, private_env, start_superlink, stop_processes
+from laq_fl.results import read_results
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def test_flwr_run_writes_the_results_file(superlink, mnist_dir: str) -> None:
         num_supernodes=3,
     )
     assert run["status"] == "finished:completed", run["details"] + run["logs"][-3000:]
-    rows = [json.loads(line) for line in (base / "out" / "e2e.jsonl").read_text().splitlines()]
-    assert [row["round"] for row in rows] == list(range(rounds + 1))
+    rows, status = read_results(base / "out" / "e2e.jsonl")
+    assert [row["round"] for row in rows] == list(range(rounds + 1)) and status["status"] == "completed"
     first, last = rows[1], rows[-1]
     assert first["uploads"] == 3  # every worker's first upload is forced
     assert first["payload-bits"] == 3 * (32 + 4 * 7850)
@@ -46,6 +46,16 @@ def test_flwr_run_writes_the_results_file(superlink, mnist_dir: str) -> None:
     assert last["uploads-cum"] == sum(row["uploads"] for row in rows)
     assert last["train-loss"] < first["train-loss"] and last["test-accuracy"] > rows[0]["test-accuracy"]
     assert "LAQ summary" in run["logs"]
+
+
+def test_flwr_run_with_more_supernodes_than_clients_stops_before_round_one(superlink) -> None:
+    base, env = superlink
+    run_config = {"dataset": "synthetic", "num-clients": 2, "rounds": 3, "out-dir": str(base / "out"), "run-name": "extra"}
+    run = flwr_run(REPO_ROOT, env, run_config, num_supernodes=3)
+    assert run["status"] == "finished:failed"
+    assert "3 node(s) connected for num-clients=2" in run["logs"], run["logs"][-3000:]
+    rows, status = read_results(base / "out" / "extra.jsonl")
+    assert [row["round"] for row in rows] == [0] and status["status"] == "failed"
 
 
 def test_flwr_run_rejects_a_bad_key_before_round_one(superlink) -> None:

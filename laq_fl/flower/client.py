@@ -16,7 +16,9 @@ from flwr.app import ConfigRecord, Context, Message
 from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
 from laq_fl.data import minibatch_indices
-from laq_fl.flower.messages import read_train_request, reply_content
+from laq_fl.downlink import state_checksum
+from laq_fl.flower.messages import NodeConfigError, identity_content, read_train_request, reply_content
+from laq_fl.membership import Identity
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
 from laq_fl.run_config import RunSettings, parse_run_config
@@ -56,12 +58,14 @@ def partition_of(context: Context, num_workers: int) -> int:
         partition_id = int(context.node_config["partition-id"])
         num_partitions = int(context.node_config["num-partitions"])
     except KeyError as exc:
-        raise ValueError(
+        raise NodeConfigError(
             "a LAQ worker needs node config 'partition-id' and 'num-partitions' "
             '(simulation sets them; a SuperNode takes --node-config "partition-id=0 num-partitions=10")'
         ) from exc
+    except ValueError as exc:
+        raise NodeConfigError(f"node config partition-id and num-partitions must be integers: {exc}") from None
     if num_partitions != num_workers or not 0 <= partition_id < num_workers:
-        raise ValueError(
+        raise NodeConfigError(
             f"node config partition-id={partition_id} num-partitions={num_partitions} does not fit "
             f"num-clients={num_workers} of the run config"
         )
@@ -116,11 +120,39 @@ def handle_train(message: Message, context: Context) -> Message:
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
     state = load_state(context, objective.model.size, np.dtype(settings.problem.dtype))
+    restored = request.restore is not None
+    if restored:
+        state.restore(request.restore.copy, request.restore.version, request.restore.error_sq, request.restore.theta_hat)
+    if not request.instruction.reset and state.version != request.version:
+        # This node lost its state (a restart, a new run) or holds another one: computing on it would put a wrong
+        # innovation into the aggregate. Say what it holds; the server restores it next round.
+        content = reply_content(partition_id, None, None, state.checksum(), version=state.version)
+        return Message(content, reply_to=message)
     theta = state.receive(request.broadcast, request.downlink)
     parts = request.parts
     rng = compression_rng(problem.seed, partition_id, request.iteration) if parts.compressor.needs_rng else None
     loss, payload = local_round(state, objective, theta, parts, request.instruction, batch=batch, rng=rng)
-    if payload is not None or request.instruction.reset or request.downlink is not None:
+    if payload is not None or request.instruction.reset or request.downlink is not None or restored:
         store_state(context, state)
-    content = reply_content(partition_id, loss, payload, state.checksum(), request.report)
+    content = reply_content(partition_id, loss, payload, state.checksum(), request.report, state.version,
+                            state.last_error_sq)
     return Message(content, reply_to=message)
+
+
+def handle_identify(message: Message, context: Context) -> Message:
+    """Answer the server's ``identify`` query: the partition this node serves and the version and checksum of the
+    state it holds, without loading any data; or the error its node config raises (the server stops the run)."""
+    settings = settings_of(context)
+    try:
+        partition_id = partition_of(context, settings.problem.num_workers)
+    except NodeConfigError as error:
+        return Message(identity_content(config_error=str(error)), reply_to=message)
+    identity = Identity(partition=partition_id)
+    record = context.state.config_records.get(MEMORY_RECORD)
+    if record is not None:
+        dtypes = _stored_dtypes(np.dtype(settings.problem.dtype))
+        copy = np.frombuffer(record[COPY_KEY], dtypes[COPY_KEY])
+        tilde = np.frombuffer(record[THETA_TILDE_KEY], dtypes[THETA_TILDE_KEY]) if THETA_TILDE_KEY in record else None
+        version = int(np.frombuffer(record[VERSION_KEY], dtypes[VERSION_KEY])[0])
+        identity = Identity(partition=partition_id, version=version, checksum=state_checksum(copy, tilde))
+    return Message(identity_content(identity), reply_to=message)

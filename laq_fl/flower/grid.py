@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.app.user_config import UserConfig
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -45,7 +45,9 @@ def through_the_wire(message: Message, deflated: dict[str, bytes] | None = None)
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` simulated nodes served by ``client_app`` (a ``ClientApp`` or any handler callable)."""
+    """``num_nodes`` simulated nodes served by ``client_app``: a ``ClientApp``, or a handler callable for ``train``
+    messages, in which case ``query`` messages (the server's identify) go to ``query_handler``
+    (:func:`laq_fl.flower.client.handle_identify` unless given)."""
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class InProcessGrid(Grid):
         *,
         run_id: int | None = None,
         seed: int = 0,
+        query_handler: ClientCallable | None = None,
     ) -> None:
         rng = random.Random(seed)
         # Full-size ids, as a SuperLink assigns them: they are varints on the wire, so small ids would
@@ -67,6 +70,13 @@ class InProcessGrid(Grid):
             if candidate not in node_ids and candidate != SUPERLINK_NODE_ID:
                 node_ids.append(candidate)
         self.client_app = client_app
+        if query_handler is None and not isinstance(client_app, ClientApp):
+            from laq_fl.flower.client import (
+                handle_identify,  # the worker's module imports this one's users
+            )
+
+            query_handler = handle_identify
+        self.query_handler = query_handler
         self.contexts = {
             node_id: Context(
                 run_id=run_id,
@@ -116,7 +126,10 @@ class InProcessGrid(Grid):
             reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
         else:
             try:
-                reply = self.client_app(received, context)
+                handler = self.client_app
+                if self.query_handler is not None and received.metadata.message_type == MessageType.QUERY:
+                    handler = self.query_handler
+                reply = handler(received, context)
             except Exception as exc:  # noqa: BLE001 - a ClientApp exception becomes an error reply, as in Flower
                 reason = f"{type(exc)}:<'{exc}'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=received)

@@ -9,18 +9,28 @@ Server -> worker (``train`` message):
                      ``reset`` (restart from ``Q_hat = 0``), ``report`` (reply with loss and checksum even on a
                      skip); two-way only: ``downlink`` (the downlink compressor's spec), ``theta-version`` (the
                      version of theta_tilde the worker holds afterwards), ``theta-base`` and ``theta-innovations``
-                     (compressed innovations from version ``theta-base``, oldest first; -1 and [] with a full theta)
+                     (compressed innovations from version ``theta-base``, oldest first; -1 and [] with a full theta);
+                     ``version`` (the worker's upload count as the server knows it; ignored with ``reset``) and,
+                     with a restore, ``restore-version`` and ``restore-error-sq``
+    ``restore``      ArrayRecord, only when the server restores the worker's state (:class:`~laq_fl.server_state.Restore`):
+                     ``copy`` (``Q_hat``) and, for rules that keep it, ``theta-hat``
 
 Worker -> server (reply):
     a skip           nothing: an empty RecordDict, as cheap as Flower's own empty reply
-    ``reply``        ConfigRecord, on an upload or when ``report`` is set: ``partition-id``, ``loss``
-                     (f_m at the iterate it received), ``checksum`` (CRC-32 of its ``Q_hat`` and theta_tilde,
-                     :meth:`~laq_fl.worker.WorkerState.checksum`) and, on an upload, ``payload`` (the compressor's
-                     bytes)
+    ``reply``        ConfigRecord, on an upload, when ``report`` is set, or when the worker's state differs from the
+                     server's: ``partition-id``, ``version`` (its upload count after this round), ``checksum`` (CRC-32
+                     of its ``Q_hat`` and theta_tilde, :meth:`~laq_fl.worker.WorkerState.checksum`), ``loss`` (f_m at
+                     the iterate it received; absent when it did not compute) and, on an upload, ``payload`` (the
+                     compressor's bytes) and ``error-sq`` (its ``||eps_hat||^2``, which a restore gives back)
+
+Server -> worker (``query`` message, once per node id the server has not seen): ``identify``, an empty ConfigRecord.
+Worker -> server: ``identity`` ConfigRecord: ``partition-id``, ``version`` and, when it holds a state,
+``checksum``; or ``config-error`` (its node config does not fit the run) and nothing else.
 
 A worker told to upload (``force-upload``) must upload: the server rejects a skip reply to such an
-instruction as malformed, keeps the stale copy and resyncs that worker in the next round. The server learns
-which partition a node serves from its first reply, which is always a (forced) upload.
+instruction as malformed, keeps the stale copy and resyncs that worker in the next round. A worker whose version
+is not the instruction's (it restarted with an empty state, or holds another run's) does not compute: it replies
+with its ``partition-id``, ``version`` and ``checksum`` only, and the server restores its state next round.
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from laq_fl.codec import PayloadError
 from laq_fl.compressors import Compressor, compressor_from_spec
 from laq_fl.downlink import NO_VERSION, Broadcast
+from laq_fl.membership import Identity
 from laq_fl.memory import memory_named
+from laq_fl.server_state import Restore
 from laq_fl.skip_rules import Instruction, rule_named
 from laq_fl.worker import WorkerParts
 
@@ -59,6 +71,16 @@ FORCE_UPLOAD = "force-upload"
 RESET = "reset"
 PARTITION_ID = "partition-id"
 LOSS = "loss"
+VERSION = "version"
+ERROR_SQ = "error-sq"
+RESTORE = "restore"
+RESTORE_VERSION = "restore-version"
+RESTORE_ERROR_SQ = "restore-error-sq"
+RESTORE_COPY = "copy"
+RESTORE_THETA_HAT = "theta-hat"
+IDENTIFY = "identify"
+IDENTITY = "identity"
+CONFIG_ERROR = "config-error"
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,8 @@ class TrainRequest:
     batch_size: int
     instruction: Instruction
     report: bool = False
+    version: int = 0
+    restore: Restore | None = None
 
 
 def train_content(
@@ -85,9 +109,12 @@ def train_content(
     batch_size: int,
     instruction: Instruction,
     report: bool = False,
+    version: int = 0,
+    restore: Restore | None = None,
 ) -> RecordDict:
     """The ``train`` message of one worker: ``full_theta`` (a record shared by all messages of the round that send
-    the full iterate; ``None`` when ``broadcast`` carries innovations) and its instruction."""
+    the full iterate; ``None`` when ``broadcast`` carries innovations), its instruction, the worker's ``version``
+    as the server counts it and, when the server restores the worker's state, ``restore``."""
     config = {
         ITERATION: iteration,
         COMPRESSOR: compressor.spec(),
@@ -98,6 +125,7 @@ def train_content(
         FORCE_UPLOAD: bool(instruction.force_upload),
         RESET: bool(instruction.reset),
         REPORT: bool(report),
+        VERSION: int(version),
     }
     if downlink is not None:
         config[DOWNLINK] = downlink.spec()
@@ -105,6 +133,14 @@ def train_content(
         config[THETA_BASE] = broadcast.base
         config[THETA_INNOVATIONS] = list(broadcast.innovations)
     records: dict = {INSTRUCTION: ConfigRecord(config)}
+    if restore is not None:
+        config[RESTORE_VERSION] = int(restore.version)
+        config[RESTORE_ERROR_SQ] = float(restore.error_sq)
+        arrays = {RESTORE_COPY: Array(np.ascontiguousarray(restore.copy))}
+        if restore.theta_hat is not None:
+            arrays[RESTORE_THETA_HAT] = Array(np.ascontiguousarray(restore.theta_hat))
+        records[RESTORE] = ArrayRecord(arrays)
+        records[INSTRUCTION] = ConfigRecord(config)
     if broadcast.full:
         if full_theta is None:
             raise ValueError("a broadcast of the full iterate needs its ArrayRecord")
@@ -145,7 +181,7 @@ def read_train_request(message: Message) -> TrainRequest:
     theta = None
     if THETA in content.array_records:
         (theta,) = [array_to_numpy(array) for array in content.array_records[THETA].values()]
-        theta = theta.astype(theta.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+        theta = _native(theta)
     downlink = None
     if DOWNLINK in config:
         downlink = compressor_from_spec(str(config[DOWNLINK]))
@@ -157,6 +193,16 @@ def read_train_request(message: Message) -> TrainRequest:
         )
     else:
         broadcast = Broadcast(version=NO_VERSION, theta=theta)
+    restore = None
+    if RESTORE in content.array_records:
+        arrays = content.array_records[RESTORE]
+        native = {key: _native(array_to_numpy(array)) for key, array in arrays.items()}
+        restore = Restore(
+            copy=native[RESTORE_COPY],
+            version=int(config[RESTORE_VERSION]),
+            error_sq=float(config[RESTORE_ERROR_SQ]),
+            theta_hat=native.get(RESTORE_THETA_HAT),
+        )
     return TrainRequest(
         broadcast=broadcast,
         downlink=downlink,
@@ -169,16 +215,35 @@ def read_train_request(message: Message) -> TrainRequest:
             reset=bool(config[RESET]),
         ),
         report=bool(config.get(REPORT, False)),
+        version=int(config.get(VERSION, 0)),
+        restore=restore,
     )
 
 
-def reply_content(partition_id: int, loss: float, payload: bytes | None, checksum: int, report: bool = False) -> RecordDict:
-    """A skip without ``report`` is an empty RecordDict; otherwise one ConfigRecord (payload only on an upload)."""
-    if payload is None and not report:
+def _native(values: np.ndarray) -> np.ndarray:
+    return values.astype(values.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+
+
+def reply_content(
+    partition_id: int,
+    loss: float | None,
+    payload: bytes | None,
+    checksum: int,
+    report: bool = False,
+    version: int = 0,
+    error_sq: float | None = None,
+) -> RecordDict:
+    """A skip without ``report`` is an empty RecordDict; otherwise one ConfigRecord (``payload`` and ``error-sq``
+    only on an upload, ``loss`` only when the worker computed). ``loss=None`` with no payload is the reply of a
+    worker whose state differs from the server's; it is always sent."""
+    if payload is None and not report and loss is not None:
         return RecordDict()
-    record: dict = {PARTITION_ID: partition_id, LOSS: float(loss), CHECKSUM: checksum}
+    record: dict = {PARTITION_ID: partition_id, VERSION: int(version), CHECKSUM: checksum}
+    if loss is not None:
+        record[LOSS] = float(loss)
     if payload is not None:
         record[PAYLOAD] = payload
+        record[ERROR_SQ] = float(0.0 if error_sq is None else error_sq)
     return RecordDict({REPLY: ConfigRecord(record)})
 
 
@@ -190,6 +255,22 @@ class TrainReply:
     loss: float | None = None
     payload: bytes | None = None
     checksum: int | None = None
+    version: int | None = None
+    error_sq: float | None = None
+
+
+def _integer(record: ConfigRecord, key: str, low: int, high: int) -> int:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise PayloadError(f"'{key}' must be an integer in [{low}, {high}), got {value!r}")
+    return value
+
+
+def _finite(record: ConfigRecord, key: str) -> float:
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PayloadError(f"'{key}' must be a finite number, got {value!r}")
+    return float(value)
 
 
 def read_train_reply(message: Message) -> TrainReply:
@@ -200,17 +281,61 @@ def read_train_reply(message: Message) -> TrainReply:
     record = content.config_records.get(REPLY)
     if record is None or len(content) != 1:
         raise PayloadError(f"a reply is empty or holds exactly one ConfigRecord '{REPLY}', got {sorted(content)}")
+    allowed = {PARTITION_ID, VERSION, CHECKSUM, LOSS, PAYLOAD, ERROR_SQ}
+    if set(record) - allowed:
+        raise PayloadError(f"unknown key(s) in the reply: {sorted(set(record) - allowed)}")
     try:
-        partition_id, loss, checksum = record[PARTITION_ID], record[LOSS], record[CHECKSUM]
+        partition_id = _integer(record, PARTITION_ID, 0, 2**31)
+        version = _integer(record, VERSION, 0, 2**62)
+        checksum = _integer(record, CHECKSUM, 0, 2**32)
+        loss = _finite(record, LOSS) if LOSS in record else None
+        payload = record.get(PAYLOAD)
+        error_sq = _finite(record, ERROR_SQ) if ERROR_SQ in record else None
     except KeyError as exc:
-        raise PayloadError(f"reply needs '{PARTITION_ID}', '{LOSS}' and '{CHECKSUM}': missing {exc}") from None
-    if isinstance(partition_id, bool) or not isinstance(partition_id, int):
-        raise PayloadError(f"'{PARTITION_ID}' must be an integer, got {partition_id!r}")
-    if isinstance(checksum, bool) or not isinstance(checksum, int) or not 0 <= checksum < 2**32:
-        raise PayloadError(f"'{CHECKSUM}' must be a CRC-32 (an integer in [0, 2^32)), got {checksum!r}")
-    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(loss):
-        raise PayloadError(f"'{LOSS}' must be a finite number, got {loss!r}")
-    payload = record.get(PAYLOAD)
+        raise PayloadError(f"a reply needs '{PARTITION_ID}', '{VERSION}' and '{CHECKSUM}': missing {exc}") from None
     if payload is not None and not isinstance(payload, bytes):
         raise PayloadError(f"'{PAYLOAD}' must be bytes, got {type(payload).__name__}")
-    return TrainReply(partition_id=partition_id, loss=float(loss), payload=payload, checksum=checksum)
+    if (payload is None) != (error_sq is None):
+        raise PayloadError(f"'{ERROR_SQ}' comes with a payload and only with one")
+    if payload is not None and (loss is None or error_sq < 0):
+        raise PayloadError(f"an upload needs its '{LOSS}' and a '{ERROR_SQ}' >= 0")
+    return TrainReply(partition_id=partition_id, loss=loss, payload=payload, checksum=checksum, version=version,
+                      error_sq=error_sq)
+
+
+def identify_content() -> RecordDict:
+    """The ``query`` message that asks a node which partition it serves and what state it holds."""
+    return RecordDict({IDENTIFY: ConfigRecord({})})
+
+
+def identity_content(identity: Identity | None = None, config_error: str | None = None) -> RecordDict:
+    """A node's answer: its :class:`~laq_fl.membership.Identity`, or the error its node config raised."""
+    if config_error is not None:
+        return RecordDict({IDENTITY: ConfigRecord({CONFIG_ERROR: config_error})})
+    assert identity is not None
+    record: dict = {PARTITION_ID: identity.partition, VERSION: identity.version}
+    if identity.checksum is not None:
+        record[CHECKSUM] = identity.checksum
+    return RecordDict({IDENTITY: ConfigRecord(record)})
+
+
+class NodeConfigError(ValueError):
+    """A node's config does not fit the run (no or a wrong ``partition-id``, another ``num-partitions``)."""
+
+
+def read_identity(message: Message) -> Identity:
+    """Decode a node's answer to ``identify``. Raises :class:`NodeConfigError` with the node's own message when it
+    reported one, and :class:`PayloadError` for anything else that is not an identity."""
+    content = message.content
+    record = content.config_records.get(IDENTITY)
+    if record is None or len(content) != 1:
+        raise PayloadError(f"an identity is exactly one ConfigRecord '{IDENTITY}', got {sorted(content)}")
+    if CONFIG_ERROR in record:
+        raise NodeConfigError(str(record[CONFIG_ERROR]))
+    try:
+        partition = _integer(record, PARTITION_ID, 0, 2**31)
+        version = _integer(record, VERSION, 0, 2**62)
+        checksum = _integer(record, CHECKSUM, 0, 2**32) if CHECKSUM in record else None
+    except KeyError as exc:
+        raise PayloadError(f"an identity needs '{PARTITION_ID}' and '{VERSION}': missing {exc}") from None
+    return Identity(partition=partition, version=version, checksum=checksum)

@@ -1,4 +1,13 @@
-"""The ServerApp's main: parse the run config, wait for the nodes, run the strategy, write results."""
+"""The ServerApp's main: parse the run config, wait for the nodes, run (or resume) the strategy, write results
+and checkpoints.
+
+Checkpoints (``checkpoint-every`` rounds, and after the last) go to ``<out-dir>/checkpoints/<run-name>.npz``
+(:mod:`laq_fl.checkpoint`); ``resume = true`` with the same ``run-name`` loads the newest, checks that the run config
+differs only in keys that change no iterate (:data:`~laq_fl.run_config.RESUMABLE_CHANGES`), continues the results
+file after the checkpoint's round, and goes on from the next round: every worker's state comes back from the
+server's copy (a restore), so the resumed run's iterates equal an uninterrupted run's bit for bit (error-feedback
+residuals excepted). The results file ends with a status line, "completed" or "failed" with the error.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +20,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
+from laq_fl.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from laq_fl.flower.strategy import LaqStrategy
 from laq_fl.models import FlatModel
 from laq_fl.problem import test_evaluator
 from laq_fl.results import RoundLog
-from laq_fl.run_config import RunSettings, parse_run_config
+from laq_fl.run_config import RESUMABLE_CHANGES, RunSettings, parse_run_config
+from laq_fl.server_state import ServerState
 
 NO_TRAINING = {
-    "uploads": 0, "skips": 0, "rejected": 0, "not-contacted": 0, "full-broadcasts": 0, "payload-bits": 0,
-    "downlink-payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0, "loss-reports": 0,
+    "uploads": 0, "skips": 0, "rejected": 0, "lost": 0, "resyncs": 0, "restores": 0, "not-contacted": 0,
+    "identified": 0, "duplicates": 0, "unserved": 0, "full-broadcasts": 0, "payload-bits": 0,
+    "downlink-payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0, "identify-bytes": 0, "loss-reports": 0,
+    "loss-missing": 0,
 }
 
 
@@ -33,7 +46,8 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 0.5)
         if time.monotonic() >= deadline:
             raise RuntimeError(
                 f"num-clients={expected} but only {len(nodes)} node(s) connected within node-wait-timeout={timeout} s; "
-                'start more SuperNodes or pass --federation-config "num-supernodes=N"'
+                "in a deployment, start a SuperNode per partition (--node-config \"partition-id=P num-partitions=N\"); "
+                'in a simulation, pass --federation-config "num-supernodes=N"'
             )
         time.sleep(poll)
 
@@ -51,9 +65,20 @@ def run_server(grid: Grid, context: Context) -> Result:
 
     problem = settings.problem
     initial_theta = FlatModel.named(problem.model).initial_parameters(problem.init, problem.seed, problem.dtype)
-    strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every)
+    strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every, settings.node_wait_timeout)
     evaluate_theta = test_evaluator(problem)
-    results = RoundLog(results_path(settings, context.run_id), settings.algorithm.algorithm)
+    checkpoint = settings.checkpoint_path(context.run_id)
+    first_round = 1
+    if settings.resume:
+        first_round, results = resume_from(checkpoint, settings, strategy)
+        initial_theta = strategy.state.iterate
+    else:
+        results = RoundLog(results_path(settings, context.run_id), settings.algorithm.algorithm)
+
+    def on_round_end(server_round: int) -> None:
+        if settings.checkpoint_every and (server_round % settings.checkpoint_every == 0 or server_round == settings.rounds):
+            meta = {"round": server_round, "run-config": dict(settings.values), "results": str(results.path)}
+            save_checkpoint(checkpoint, strategy.state.to_arrays(), meta)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         (theta,) = arrays.to_numpy_ndarrays()
@@ -87,8 +112,39 @@ def run_server(grid: Grid, context: Context) -> Result:
             num_rounds=settings.rounds,
             timeout=settings.round_timeout,
             evaluate_fn=evaluate,
+            first_round=first_round,
+            on_round_end=on_round_end,
         )
+    except BaseException as error:
+        results.finish("failed", f"{type(error).__name__}: {error}")
+        raise
+    else:
+        results.finish("completed")
     finally:
         results.close()
     log(INFO, "LAQ summary: %s", results.summary())
     return result
+
+
+def resume_from(path: Path, settings: RunSettings, strategy: LaqStrategy) -> tuple[int, RoundLog]:
+    """Load the checkpoint into ``strategy.state``; the first round to run and the results log to append to.
+
+    Raises :class:`~laq_fl.checkpoint.CheckpointError` when there is no checkpoint, when it belongs to a run config
+    that differs in a key that changes the iterates (naming them), or when it is past ``rounds``.
+    """
+    arrays, meta = load_checkpoint(path)
+    differences = config_differences(meta["run-config"], dict(settings.values), set(RESUMABLE_CHANGES))
+    if differences:
+        raise CheckpointError(
+            f"resume: the checkpoint {path} belongs to a run with other values of {', '.join(differences)} "
+            f"(e.g. {differences[0]} = {meta['run-config'].get(differences[0])!r}); only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change"
+        )
+    done = int(meta["round"])
+    if done > settings.rounds:
+        raise CheckpointError(f"resume: the checkpoint {path} is after round {done}, past rounds = {settings.rounds}")
+    strategy.state = ServerState.from_arrays(arrays, settings.algorithm, settings.num_clients)
+    results = RoundLog(Path(meta["results"]), settings.algorithm.algorithm, resume_after=done)
+    log(INFO, "Resuming %s after round %d from %s; results continue in %s", settings.algorithm.algorithm, done, path,
+        results.path)
+    return done + 1, results
