@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 
 import numpy as np
@@ -17,6 +16,7 @@ from laq_fl.compressors import COMPRESSORS, NonFiniteError, register_compressor
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, AlgorithmSpec, ConfigError, ProblemConfig, register_algorithm
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, run_server
+from laq_fl.results import read_results
 
 
 def readme_commands() -> list[str]:
@@ -72,7 +72,8 @@ def test_the_extending_example_runs_through_the_contract_and_the_flower_app(tmp_
                   "data-dir": "/unused", "out-dir": str(tmp_path), "run-name": "fp16"}
     grid = InProcessGrid(client_app, 3, run_config)
     run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
-    rows = [json.loads(line) for line in (tmp_path / "fp16.jsonl").read_text().splitlines()]
+    rows, status = read_results(tmp_path / "fp16.jsonl")
+    assert status["status"] == "completed"
     trained = rows[1:]
     assert len(trained) == rounds and sum(row["rejected"] for row in trained) == 0
     assert all(row["payload-bits"] == 16 * 7850 * row["uploads"] for row in trained)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
               "num-clients": 7, "rounds": 11, "bits": 5, "lr": 0.3, "xi-sum": 0.6, "D": 3, "xi-warmup": True, "t-bar": 9,
               "batch-size": 17, "density": 0.2, "lambda": 0.5, "seed": 4, "init": "zeros", "dtype": "float64",
               "data-dir": str(tmp_path / "data"), "out-dir": str(tmp_path / "out"), "run-name": "r", "round-timeout": 5.0,
-              "node-wait-timeout": 6.0, "downlink-bits": 6, "smoothness": 2.5, "report-every": 3}
+              "node-wait-timeout": 6.0, "downlink-bits": 6, "smoothness": 2.5, "report-every": 3, "checkpoint-every": 4,
+              "resume": True}
     assert set(values) == set(RUN_CONFIG_SCHEMA)
     settings = parse_run_config(values)
     algorithm, problem = settings.algorithm, settings.problem
@@ -57,6 +59,9 @@ def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
     assert (problem.lam, problem.seed, problem.init, problem.dtype, problem.data_dir) == (0.5, 4, "zeros", "float64", values["data-dir"])
     assert (settings.rounds, settings.out_dir, settings.run_name, settings.round_timeout, settings.node_wait_timeout) == (
         11, values["out-dir"], "r", 5.0, 6.0)
+    assert (settings.checkpoint_every, settings.resume) == (4, True)
+    assert settings.checkpoint_path(1) == Path(values["out-dir"]) / "checkpoints" / "r.npz"
+    assert dict(settings.values)["lambda"] == 0.5
 
 
 @pytest.mark.parametrize("lr", [0.0, -0.02, float("nan"), float("inf")])
