@@ -10,11 +10,19 @@ Partitions of the training set over M workers:
 * ``iid``: a seeded shuffle cut into M near-equal shards;
 * ``dirichlet``: label skew; each class is split over the workers by proportions drawn from
   ``Dirichlet(alpha 1_M)`` (smaller alpha, more skew).
+
+A worker's MNIST shard is also kept on disk (``$LAQ_FL_CACHE_DIR``, default ``~/.cache/laq-fl/partitions``): a
+deployed SuperNode runs each message in a new process, which would otherwise import torchvision and parse the IDX
+files (2-4 s) every round. The file is named after everything the shard depends on (the raw files' sizes and
+modification times included), written atomically, and skipped silently when the folder is not writable.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,13 +168,61 @@ def load_partition(
     alpha: float = 0.5,
     dtype: str = "float32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of one worker's shard, computed once per process and cached."""
+    """Features and labels of one worker's shard, computed once per process and cached (MNIST also on disk)."""
     if not 0 <= worker < num_workers:
         raise ValueError(f"worker index {worker} is outside 0..{num_workers - 1}")
+    cached = _shard_file(dataset, data_dir, scheme, num_workers, worker, seed, alpha)
+    if cached is not None and cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as stored:
+                features, labels = torch.from_numpy(stored["features"]), torch.from_numpy(stored["labels"])
+            return features.to(getattr(torch, dtype)), labels
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file: rebuild it
+    features, labels = _compute_partition(dataset, data_dir, scheme, num_workers, worker, seed, alpha)
+    if cached is not None:
+        _write_shard(cached, features, labels)
+    return features.to(getattr(torch, dtype)), labels
+
+
+PARTITION_CACHE_ENV = "LAQ_FL_CACHE_DIR"
+
+
+def _shard_file(dataset: str, data_dir: str, scheme: str, num_workers: int, worker: int, seed: int,
+                alpha: float) -> Path | None:
+    if dataset != "mnist":
+        return None  # the synthetic set is generated in milliseconds
+    raw = Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
+    sources = []
+    for name in MNIST_RAW_FILES[:2]:
+        path = raw / name
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        sources.append([str(path), stat.st_size, stat.st_mtime_ns])
+    key = json.dumps({"sources": sources, "scheme": scheme, "workers": num_workers, "worker": worker, "seed": seed,
+                      "alpha": alpha, "format": 1}, sort_keys=True)
+    folder = Path(os.environ.get(PARTITION_CACHE_ENV) or "~/.cache/laq-fl/partitions").expanduser()
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return folder / f"mnist-{scheme}-{worker}of{num_workers}-{digest}.npz"
+
+
+def _write_shard(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary.open("wb") as file:
+            np.savez(file, features=features.numpy(), labels=labels.numpy())
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+
+
+def _compute_partition(dataset: str, data_dir: str, scheme: str, num_workers: int, worker: int, seed: int,
+                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_dataset(dataset, data_dir, seed)
     index = torch.from_numpy(_cached_partitions(dataset, data_dir, scheme, num_workers, seed, alpha)[worker])
-    features = data.train_features[index].to(getattr(torch, dtype))
-    return features, data.train_labels[index]
+    return data.train_features[index], data.train_labels[index]
 
 
 def minibatch_indices(num_samples: int, batch_size: int, seed: int, worker: int, iteration: int) -> np.ndarray:

@@ -45,3 +45,15 @@ def task_identity():
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     TaskIdentity.task_id = 0
     return TaskIdentity
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_partition_cache(tmp_path_factory):
+    """Workers keep their MNIST shard on disk ($LAQ_FL_CACHE_DIR); tests use a folder of their own."""
+    previous = os.environ.get("LAQ_FL_CACHE_DIR")
+    os.environ["LAQ_FL_CACHE_DIR"] = str(tmp_path_factory.mktemp("partitions"))
+    yield
+    if previous is None:
+        os.environ.pop("LAQ_FL_CACHE_DIR", None)
+    else:
+        os.environ["LAQ_FL_CACHE_DIR"] = previous

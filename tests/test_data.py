@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from laq_fl.data import (
     MNIST_RAW_FILES,
@@ -92,3 +93,26 @@ def test_minibatches_are_seeded_and_without_replacement() -> None:
     assert not np.array_equal(batch, minibatch_indices(6000, 500, seed=0, worker=2, iteration=8))
     assert not np.array_equal(batch, minibatch_indices(6000, 500, seed=0, worker=3, iteration=7))
     np.testing.assert_array_equal(minibatch_indices(10, 500, 0, 0, 0), np.arange(10))
+
+
+def test_a_worker_shard_is_kept_on_disk_and_read_back_bit_for_bit(mnist_dir: str, tmp_path, monkeypatch) -> None:
+    """A deployed SuperNode runs every message in a new process: the shard comes from the disk cache, unchanged."""
+    from laq_fl.data import PARTITION_CACHE_ENV, _compute_partition
+
+    monkeypatch.setenv(PARTITION_CACHE_ENV, str(tmp_path / "cache"))
+    load_partition.cache_clear()
+    features, labels = load_partition("mnist", mnist_dir, "dirichlet", 7, 2, 5, 0.3)
+    (stored,) = (tmp_path / "cache").iterdir()
+    assert stored.name.startswith("mnist-dirichlet-2of7-")
+    fresh_features, fresh_labels = _compute_partition("mnist", mnist_dir, "dirichlet", 7, 2, 5, 0.3)
+    load_partition.cache_clear()
+    again_features, again_labels = load_partition("mnist", mnist_dir, "dirichlet", 7, 2, 5, 0.3)  # from the file
+    for a, b in ((features, fresh_features), (again_features, fresh_features), (labels, fresh_labels), (again_labels, fresh_labels)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    stored.write_bytes(b"damaged")
+    load_partition.cache_clear()
+    assert torch.equal(load_partition("mnist", mnist_dir, "dirichlet", 7, 2, 5, 0.3)[0], fresh_features)  # rebuilt
+    load_partition.cache_clear()
+    monkeypatch.setenv(PARTITION_CACHE_ENV, "/proc/not-writable")
+    assert torch.equal(load_partition("mnist", mnist_dir, "dirichlet", 7, 2, 5, 0.3)[1], fresh_labels)
+    load_partition.cache_clear()
