@@ -120,9 +120,85 @@ def start(command: list[str], base: Path, env: dict, log_name: str) -> subproces
     return subprocess.Popen(command, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def flwr(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "flwr"), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def flwr(env: dict, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flwr"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Deployment:
+    """Steps 1-4 of the module docstring in ``base``: certificates, a TLS SuperLink with SuperNode authentication,
+    the ``deploy`` connection, ``num_nodes`` registered SuperNodes. :meth:`stop` stops every process by PID."""
+
+    def __init__(self, base: Path, num_nodes: int = NUM_NODES) -> None:
+        self.base, self.num_nodes = base, num_nodes
+        self.port = free_port()
+        self.env = private_env(base, self.port)
+        self.processes: list[subprocess.Popen] = []
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # nothing started may outlive a failed start
+            raise
+
+    def _start(self) -> None:
+        base, num_nodes = self.base, self.num_nodes
+        self.certificates = make_certificates(base)
+        superlink = start(
+            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.certificates["ca"]),
+             "--ssl-certfile", str(self.certificates["cert"]), "--ssl-keyfile", str(self.certificates["key"]),
+             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
+             "--database", str(base / "state.db"), "--disable-runtime-dependency-installation"],
+            base, self.env, "superlink.log")
+        self.processes.append(superlink)
+        wait_healthy(self.port, self.certificates["ca"], superlink, base / "superlink.log")
+        (base / "flwr" / "config.toml").write_text(
+            f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{self.port}"\n'
+            f'root-certificates = "{self.certificates["ca"]}"\n'
+        )
+        self.keys = [make_node_key(base, index) for index in range(num_nodes)]
+        for index, (_, public) in enumerate(self.keys):
+            registered = flwr(self.env, "supernode", "register", str(public), "deploy", "--format", "json")
+            if registered.returncode != 0 or '"success": true' not in registered.stdout.replace("'", '"'):
+                raise RuntimeError(f"registering SuperNode {index}: {registered.stdout}{registered.stderr}")
+        self.nodes = [self.supernode(index, 0) for index in range(num_nodes)]
+
+    def supernode(self, index: int, attempt: int) -> subprocess.Popen:
+        """Start SuperNode ``index`` with its key and partition (``attempt`` names its log file)."""
+        process = start(
+            [str(BIN / "flower-supernode"), "--root-certificates", str(self.certificates["ca"]),
+             "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", str(self.keys[index][0]),
+             "--node-config", f"partition-id={index} num-partitions={self.num_nodes}", "--port", str(free_port())],
+            self.base, self.env, f"supernode{index}-{attempt}.log")
+        self.processes.append(process)
+        return process
+
+    def submit(self, run_config: dict, app: Path = REPO_ROOT) -> str:
+        """``flwr run <app> deploy`` with ``run_config``; the run id."""
+        submitted = flwr(self.env, "run", ".", "deploy", "--format", "json", "--run-config",
+                         " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items()), cwd=app)
+        answer = json.loads(submitted.stdout or "{}")
+        if not answer.get("success"):
+            raise RuntimeError(f"flwr run: {submitted.stdout}{submitted.stderr}")
+        return str(answer["run-id"])
+
+    def status(self, run_id: str) -> str | None:
+        listing = flwr(self.env, "ls", "deploy", "--run-id", run_id, "--format", "json", timeout=60)
+        try:
+            return json.loads(listing.stdout)["runs"][0]["status"]
+        except (json.JSONDecodeError, KeyError, IndexError):
+            return None
+
+    def wait(self, run_id: str, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            status = self.status(run_id)
+            if status and status.startswith("finished"):
+                break
+            time.sleep(2.0)
+        return status
+
+    def stop(self) -> None:
+        stop_processes([process.pid for process in self.processes])
 
 
 def undisturbed_loss(run_config: dict) -> float:
@@ -153,40 +229,12 @@ def main() -> int:
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="laqtls"))
     base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = private_env(base, port)
-    processes: list[subprocess.Popen] = []
-    summary: dict = {"folder": str(base), "port": port}
+    deployment = None
+    summary: dict = {"folder": str(base)}
     started = time.perf_counter()
     try:
-        certificates = make_certificates(base)
-        superlink = start(
-            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certificates["ca"]),
-             "--ssl-certfile", str(certificates["cert"]), "--ssl-keyfile", str(certificates["key"]),
-             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--database", str(base / "state.db"), "--disable-runtime-dependency-installation"],
-            base, env, "superlink.log")
-        processes.append(superlink)
-        wait_healthy(port, certificates["ca"], superlink, base / "superlink.log")
-        (base / "flwr" / "config.toml").write_text(
-            f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
-            f'root-certificates = "{certificates["ca"]}"\n'
-        )
-        keys = [make_node_key(base, index) for index in range(NUM_NODES)]
-        for index, (_, public) in enumerate(keys):
-            registered = flwr(env, "supernode", "register", str(public), "deploy", "--format", "json")
-            if registered.returncode != 0 or '"success": true' not in registered.stdout.replace("'", '"'):
-                raise RuntimeError(f"registering SuperNode {index}: {registered.stdout}{registered.stderr}")
-
-        def supernode(index: int, attempt: int) -> subprocess.Popen:
-            return start(
-                [str(BIN / "flower-supernode"), "--root-certificates", str(certificates["ca"]),
-                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(keys[index][0]),
-                 "--node-config", f"partition-id={index} num-partitions={NUM_NODES}", "--port", str(free_port())],
-                base, env, f"supernode{index}-{attempt}.log")
-
-        nodes = [supernode(index, 0) for index in range(NUM_NODES)]
-        processes.extend(nodes)
+        deployment = Deployment(base)
+        nodes = deployment.nodes
         out_dir = base / "out"
         run_config = {
             "algorithm": args.algorithm, "num-clients": NUM_NODES, "rounds": args.rounds, "dataset": args.dataset,
@@ -195,12 +243,7 @@ def main() -> int:
         }
         if args.data_dir:
             run_config["data-dir"] = str(Path(args.data_dir).resolve())
-        submitted = flwr(env, "run", ".", "deploy", "--format", "json", "--run-config",
-                         " ".join(f"{key}={toml_value(value)}" for key, value in run_config.items()))
-        answer = json.loads(submitted.stdout or "{}")
-        if not answer.get("success"):
-            raise RuntimeError(f"flwr run: {submitted.stdout}{submitted.stderr}")
-        run_id = str(answer["run-id"])
+        run_id = deployment.submit(run_config)
         summary["run-id"] = run_id
         results = out_dir / "deploy.jsonl"
 
@@ -219,13 +262,8 @@ def main() -> int:
                 # With SuperNode authentication the restarted node keeps its id, and the SuperLink refuses it
                 # (exit code 305) until the old connection expired (two missed heartbeats, about 60 s): retry.
                 attempts += 1
-                nodes[1] = supernode(1, attempts)
-                processes.append(nodes[1])
-            listing = flwr(env, "ls", "--run-id", run_id, "--format", "json", timeout=60)
-            try:
-                status = json.loads(listing.stdout)["runs"][0]["status"]
-            except (json.JSONDecodeError, KeyError, IndexError):
-                status = None
+                nodes[1] = deployment.supernode(1, attempts)
+            status = deployment.status(run_id)
             if status and status.startswith("finished"):
                 break
             time.sleep(2.0)
@@ -257,7 +295,8 @@ def main() -> int:
     except Exception as error:  # noqa: BLE001 - reported in the summary, with the logs' folder
         summary.update(ok=False, error=f"{type(error).__name__}: {error}")
     finally:
-        stop_processes([process.pid for process in processes])
+        if deployment is not None:
+            deployment.stop()
         summary["seconds"] = round(time.perf_counter() - started, 1)
         if args.keep is None and summary.get("ok"):
             shutil.rmtree(base, ignore_errors=True)
