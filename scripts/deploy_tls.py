@@ -1,6 +1,6 @@
 """A real deployment on 127.0.0.1, tested: TLS, SuperNode authentication, three SuperNodes, one killed and restarted.
 
-    python scripts/deploy_tls.py [--rounds 12] [--kill-after 4] [--dataset synthetic|mnist] [--keep DIR]
+    python scripts/deploy_tls.py [--rounds 12] [--kill-after 4] [--restart-superlink] [--dataset synthetic|mnist] [--keep DIR]
 
 What it does, step by step (the README's "Deployment" section follows the same steps for real edge devices):
 
@@ -18,6 +18,10 @@ What it does, step by step (the README's "Deployment" section follows the same s
    file's ``restores``/``resyncs``), and that the final training loss is within 1e-3 of an undisturbed run of the
    same length (the in-process app, which equals a deployment bit for bit), then stops every process it started,
    by PID.
+
+With ``--restart-superlink`` step 5 kills the SuperLink instead (and with it the ServerApp), starts it again on its
+database, checks that the run ended ``finished:failed``, and submits it again with ``resume=true``: the resumed run
+must end with exactly the undisturbed run's loss (its iterates are bit-identical).
 
 Private FLWR_HOME/HOME/TMPDIR under one temporary folder (``--keep DIR`` to keep it), 127.0.0.1 only. Prints one
 JSON summary (timings included) and exits 1 when a check fails.
@@ -142,14 +146,14 @@ class Deployment:
     def _start(self) -> None:
         base, num_nodes = self.base, self.num_nodes
         self.certificates = make_certificates(base)
-        superlink = start(
-            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.certificates["ca"]),
-             "--ssl-certfile", str(self.certificates["cert"]), "--ssl-keyfile", str(self.certificates["key"]),
-             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
-             "--database", str(base / "state.db"), "--disable-runtime-dependency-installation"],
-            base, self.env, "superlink.log")
-        self.processes.append(superlink)
-        wait_healthy(self.port, self.certificates["ca"], superlink, base / "superlink.log")
+        self.superlink_command = [
+            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.certificates["ca"]),
+            "--ssl-certfile", str(self.certificates["cert"]), "--ssl-keyfile", str(self.certificates["key"]),
+            "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(base / "state.db"), "--disable-runtime-dependency-installation"]
+        self.superlink = start(self.superlink_command, base, self.env, "superlink.log")
+        self.processes.append(self.superlink)
+        wait_healthy(self.port, self.certificates["ca"], self.superlink, base / "superlink.log")
         (base / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{self.port}"\n'
             f'root-certificates = "{self.certificates["ca"]}"\n'
@@ -170,6 +174,14 @@ class Deployment:
             self.base, self.env, f"supernode{index}-{attempt}.log")
         self.processes.append(process)
         return process
+
+    def restart_superlink(self) -> None:
+        """SIGKILL the SuperLink and everything it started (the ServerApp), then start it again on its database."""
+        os.killpg(self.superlink.pid, signal.SIGKILL)
+        self.superlink.wait()
+        self.superlink = start(self.superlink_command, self.base, self.env, "superlink-restarted.log")
+        self.processes.append(self.superlink)
+        wait_healthy(self.port, self.certificates["ca"], self.superlink, self.base / "superlink-restarted.log")
 
     def submit(self, run_config: dict, app: Path = REPO_ROOT) -> str:
         """``flwr run <app> deploy`` with ``run_config``; the run id."""
@@ -224,6 +236,10 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("LAQ_FL_DATA_DIR", ""))
     parser.add_argument("--algorithm", default="laq")
     parser.add_argument("--round-timeout", type=float, default=60.0)
+    parser.add_argument("--restart-superlink", action="store_true",
+                        help="instead of a SuperNode, kill the SuperLink (and the ServerApp) after --kill-after, restart "
+                        "it on its database and resume the run from its checkpoint: the result must equal the "
+                        "undisturbed run's exactly")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, certificates, results)")
     args = parser.parse_args()
 
@@ -239,7 +255,7 @@ def main() -> int:
         run_config = {
             "algorithm": args.algorithm, "num-clients": NUM_NODES, "rounds": args.rounds, "dataset": args.dataset,
             "out-dir": str(out_dir), "run-name": "deploy", "round-timeout": args.round_timeout,
-            "node-wait-timeout": 120.0, "report-every": 1, "t-bar": 2, "lr": 0.01,
+            "node-wait-timeout": 120.0, "report-every": 1, "t-bar": 2, "lr": 0.01, "checkpoint-every": 2,
         }
         if args.data_dir:
             run_config["data-dir"] = str(Path(args.data_dir).resolve())
@@ -254,11 +270,18 @@ def main() -> int:
         while time.monotonic() < deadline:
             rows, _ = read_results(results) if results.exists() else ([], None)
             done = rows[-1]["round"] if rows else -1
+            if killed_at is None and done >= args.kill_after and args.restart_superlink:
+                deployment.restart_superlink()
+                killed_at = done
+                summary["failed-run-status"] = deployment.wait(run_id, timeout=120)
+                run_id = deployment.submit({**run_config, "resume": True})
+                summary["resumed-run-id"] = run_id
+                continue
             if killed_at is None and done >= args.kill_after:
                 os.killpg(nodes[1].pid, signal.SIGKILL)  # a crash, not a goodbye
                 nodes[1].wait()
                 killed_at = done
-            if killed_at is not None and nodes[1].poll() is not None:
+            if killed_at is not None and not args.restart_superlink and nodes[1].poll() is not None:
                 # With SuperNode authentication the restarted node keeps its id, and the SuperLink refuses it
                 # (exit code 305) until the old connection expired (two missed heartbeats, about 60 s): retry.
                 attempts += 1
@@ -287,6 +310,9 @@ def main() -> int:
             "all rounds": len(trained) == args.rounds,
             "killed and restarted": killed_at is not None and killed_at < args.rounds,
             "restarted worker resynced": summary["restores"] + summary["resyncs"] >= 1,
+            **({"run failed, then resumed": summary.get("failed-run-status") == "finished:failed",
+                "loss equal to the undisturbed run's": summary["final-train-loss"] == summary["undisturbed-train-loss"]}
+               if args.restart_superlink else {}),
             "loss within 1e-3": summary["final-train-loss"] is not None
             and abs(summary["final-train-loss"] - summary["undisturbed-train-loss"]) < 1e-3,
         }
