@@ -54,9 +54,10 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
 }
 
 RESUMABLE_CHANGES = frozenset(
-    {"rounds", "resume", "round-timeout", "node-wait-timeout", "checkpoint-every", "data-dir", "report-every"}
+    {"rounds", "resume", "round-timeout", "node-wait-timeout", "checkpoint-every", "data-dir", "report-every", "run-name"}
 )
-"""Keys a resumed run may set differently from the checkpoint's run (they change no iterate)."""
+"""Keys a resumed run may set differently from the checkpoint's run (they change no iterate; ``run-name`` only names
+the checkpoint, so an unnamed run resumes as ``run-name = "<algorithm>-<model>-<run id>"``)."""
 
 # Fields of the library's configs -> the run-config key a user sets.
 _FIELD_TO_KEY = {
@@ -149,8 +150,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             raise ConfigError(key, f"must be a finite number of seconds > 0, got {values[key]}")
     if values["checkpoint-every"] < 0:
         raise ConfigError("checkpoint-every", f"must be an integer >= 0 (0: no checkpoints), got {values['checkpoint-every']}")
+    name = values["run-name"]
+    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        raise ConfigError("run-name", f"must be a plain file name (no folders; out-dir says where), got {name!r}")
     if values["resume"] and not values["run-name"]:
-        raise ConfigError("resume", "needs run-name: the checkpoint and results file to continue are named after it")
+        raise ConfigError("resume", "needs run-name: the checkpoint to continue is <out-dir>/checkpoints/<run-name>.npz "
+                          "(an unnamed run's is <algorithm>-<model>-<run id>.npz: pass that name)")
     # A relative $LAQ_FL_DATA_DIR comes from the user's shell, so it resolves against the working directory;
     # only the run config's own data-dir must be absolute (the apps' working directory is the SuperLink's).
     from_env = os.environ.get(DATA_DIR_ENV)

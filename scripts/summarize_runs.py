@@ -13,12 +13,20 @@ from laq_fl.results import read_results
 
 
 def summarize(path: Path) -> dict:
-    rows, _ = read_results(path)
+    rows, status = read_results(path)
     trained = [row for row in rows if row["round"] > 0]
+    ended = "running or killed" if status is None else status["status"]
+    if not trained:  # stopped before round 1: only the status line says why
+        nan = float("nan")
+        return {"file": path.name, "algorithm": status["algorithm"] if status else "?", "status": ended, "rounds": 0,
+                **dict.fromkeys(("uploads", "payload bits", "uplink B", "downlink B", "total B"), 0),
+                **dict.fromkeys(("train loss", "test acc", "median s/round", "B per skip reply", "B per upload reply",
+                                 "wall s"), nan)}
     last = trained[-1]
     return {
         "file": path.name,
         "algorithm": last["algorithm"],
+        "status": ended,
         "rounds": len(trained),
         "uploads": last["uploads-cum"],
         "payload bits": last["payload-bits-cum"],

@@ -118,3 +118,31 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path) -> None:
 def test_resume_needs_a_run_name() -> None:
     with pytest.raises(ValueError, match="resume: needs run-name"):
         parse_run_config({"resume": True})
+
+
+def test_an_unnamed_run_resumes_under_its_default_name_and_a_finished_one_returns_its_model(tmp_path, task_identity) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 2, "data-dir": "/unused", "rounds": 4, "out-dir": str(tmp_path),
+                  "checkpoint-every": 2}
+    whole = serve(run_config, CrashingGrid(run_config), run_id=77)
+    assert (tmp_path / "checkpoints" / "laq-logistic-77.npz").is_file()
+    again = serve({**run_config, "resume": True, "run-name": "laq-logistic-77"}, CrashingGrid(run_config), run_id=78)
+    np.testing.assert_array_equal(again, whole)  # nothing left to run: the checkpoint's model
+
+
+def test_failures_before_round_one_leave_a_status_line(tmp_path, task_identity) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused", "rounds": 4, "out-dir": str(tmp_path),
+                  "run-name": "few", "node-wait-timeout": 0.1}
+    with pytest.raises(RuntimeError, match="only 2 node"):
+        serve(run_config, CrashingGrid({**run_config, "num-clients": 2}))
+    rows, status = read_results(tmp_path / "few.jsonl")
+    assert rows == [] and status["status"] == "failed" and "only 2 node" in status["error"]
+    with pytest.raises(CheckpointError):
+        serve({**run_config, "resume": True}, CrashingGrid(run_config))
+    _, status = read_results(tmp_path / "few.jsonl")
+    assert status["status"] == "failed" and "no checkpoint" in status["error"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_run_name_is_a_plain_file_name(name: str) -> None:
+    with pytest.raises(ValueError, match="run-name: must be a plain file name"):
+        parse_run_config({"run-name": name})

@@ -226,3 +226,11 @@ def test_mid_run_a_partition_may_go_unserved_for_node_wait_timeout(task_identity
                    grid.hidden.clear() if r == 7 else None)
     assert [strategy.round_metrics[r]["unserved"] for r in range(3, 9)] == [1, 1, 1, 1, 1, 0]
     assert_in_sync(strategy, grid)
+
+
+def test_a_fractional_partition_id_is_a_node_config_error(task_identity) -> None:
+    grid = HidingGrid()
+    node = list(grid.contexts)[1]
+    grid.contexts[node].node_config["partition-id"] = 1.7
+    with pytest.raises(RunStopped, match=f"node {node}: .*must be integers"):
+        run(LAQ, grid, 2)

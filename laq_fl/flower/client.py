@@ -55,8 +55,10 @@ def cached_objective(problem: ProblemConfig, partition_id: int) -> LocalObjectiv
 def partition_of(context: Context, num_workers: int) -> int:
     """This node's worker index m, from ``--node-config`` (``partition-id``, ``num-partitions``)."""
     try:
-        partition_id = int(context.node_config["partition-id"])
-        num_partitions = int(context.node_config["num-partitions"])
+        raw = context.node_config["partition-id"], context.node_config["num-partitions"]
+        if any(isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) for value in raw):
+            raise ValueError(f"got {raw[0]!r} and {raw[1]!r}")
+        partition_id, num_partitions = int(raw[0]), int(raw[1])
     except KeyError as exc:
         raise NodeConfigError(
             "a LAQ worker needs node config 'partition-id' and 'num-partitions' "

@@ -11,6 +11,7 @@ residuals excepted). The results file ends with a status line, "completed" or "f
 
 from __future__ import annotations
 
+import json
 import time
 from logging import INFO
 from pathlib import Path
@@ -60,6 +61,29 @@ def results_path(settings: RunSettings, run_id: int) -> Path:
 def run_server(grid: Grid, context: Context) -> Result:
     """Run ``rounds`` rounds of the configured member of the LAQ family and write one results row per round."""
     settings = parse_run_config(context.run_config)  # a bad key stops the run here, before round 1
+    opened: list[RoundLog] = []  # the results log, once _run has opened it
+    try:
+        return _run(grid, context, settings, opened)
+    except BaseException as error:
+        message = f"{type(error).__name__}: {error}"
+        if opened:
+            opened[0].finish("failed", message)
+        else:  # stopped before the results file was opened (no nodes, no test data, a refused resume)
+            failure_line(results_path(settings, context.run_id), settings.algorithm.algorithm, message)
+        raise
+    finally:
+        for results in opened:
+            results.close()
+
+
+def failure_line(path: Path, algorithm: str, error: str) -> None:
+    """Append a ``failed`` status line to ``path`` (created if absent) for a run that stopped before its rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps({"status": "failed", "algorithm": algorithm, "rounds": 0, "error": error}) + "\n")
+
+
+def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[RoundLog]) -> Result:
     nodes = wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
     log(INFO, "%d node(s) connected; running %s for %d rounds", len(nodes), settings.algorithm.algorithm, settings.rounds)
 
@@ -71,9 +95,11 @@ def run_server(grid: Grid, context: Context) -> Result:
     first_round = 1
     if settings.resume:
         first_round, results = resume_from(checkpoint, settings, strategy)
+        opened.append(results)
         initial_theta = strategy.state.iterate
     else:
         results = RoundLog(results_path(settings, context.run_id), settings.algorithm.algorithm)
+        opened.append(results)
 
     def on_round_end(server_round: int) -> None:
         if settings.checkpoint_every and (server_round % settings.checkpoint_every == 0 or server_round == settings.rounds):
@@ -105,23 +131,16 @@ def run_server(grid: Grid, context: Context) -> Result:
         )
         return MetricRecord({"test-loss": test_loss, "test-accuracy": test_accuracy})
 
-    try:
-        result = strategy.start(
-            grid,
-            ArrayRecord([initial_theta]),
-            num_rounds=settings.rounds,
-            timeout=settings.round_timeout,
-            evaluate_fn=evaluate,
-            first_round=first_round,
-            on_round_end=on_round_end,
-        )
-    except BaseException as error:
-        results.finish("failed", f"{type(error).__name__}: {error}")
-        raise
-    else:
-        results.finish("completed")
-    finally:
-        results.close()
+    result = strategy.start(
+        grid,
+        ArrayRecord([initial_theta]),
+        num_rounds=settings.rounds,
+        timeout=settings.round_timeout,
+        evaluate_fn=evaluate,
+        first_round=first_round,
+        on_round_end=on_round_end,
+    )
+    results.finish("completed")
     log(INFO, "LAQ summary: %s", results.summary())
     return result
 

@@ -174,6 +174,7 @@ class LaqStrategy(Strategy):
         self.summary()
         result = Result()
         arrays = ArrayRecord([self.state.iterate]) if first_round > 1 else initial_arrays
+        result.arrays = arrays  # a resumed run with no round left returns the checkpoint's model
         if evaluate_fn is not None and first_round == 1:
             metrics = evaluate_fn(0, arrays)
             if metrics is not None:
