@@ -53,7 +53,8 @@ def corrupt(reply: Message, rng: random.Random) -> tuple[str, RecordDict] | None
         record[key + "-x"] = record.pop(key)
     elif kind == "type":
         key = rng.choice(["partition-id", "version", "checksum", "loss", "payload", "error-sq"])
-        record[key] = rng.choice(["text", True, -1, [1, 2]] if key != "payload" else ["text", 7])
+        # -1 is a valid loss (a number), so it is a wrong value only for the other keys
+        record[key] = rng.choice(["text", True, [1, 2]] + ([-1] if key != "loss" else []) if key != "payload" else ["text", 7])
     elif kind == "nonfinite":
         record[rng.choice(["loss", "error-sq"])] = rng.choice([math.nan, math.inf, -math.inf])
     elif kind == "version":
