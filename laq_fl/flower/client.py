@@ -16,7 +16,6 @@ from flwr.app import ConfigRecord, Context, Message
 from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
 from laq_fl.data import minibatch_indices
-from laq_fl.downlink import state_checksum
 from laq_fl.flower.messages import NodeConfigError, identity_content, read_train_request, reply_content
 from laq_fl.membership import Identity
 from laq_fl.models import LocalObjective
@@ -85,17 +84,25 @@ def _stored_dtypes(dtype: np.dtype) -> dict[str, np.dtype]:
 
 def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerState:
     """This node's state from ``context.state``, or the zero state before its first upload."""
+    state = stored_state(context, dtype)
+    if state is None:
+        return WorkerState.zeros(size, dtype)
+    if state.copy.size != size:
+        raise ValueError(f"context.state holds a Q_hat of {state.copy.size} values; the model has {size}")
+    return state
+
+
+def stored_state(context: Context, dtype: np.dtype | type) -> WorkerState | None:
+    """The state kept in ``context.state``, or ``None`` when this node holds none (no upload yet, or restarted)."""
     record = context.state.config_records.get(MEMORY_RECORD)
     if record is None:
-        return WorkerState.zeros(size, dtype)
+        return None
     dtypes = _stored_dtypes(dtype)
     # Read-only views of the stored bytes: the state replaces its vectors, it never edits them.
     arrays = {key: np.frombuffer(blob, dtypes[key]) for key, blob in record.items()}
     for key in (LAST_ERROR_SQ_KEY, VERSION_KEY, THETA_VERSION_KEY):
         if key in arrays:
             arrays[key] = arrays[key].reshape(())
-    if arrays[COPY_KEY].size != size:
-        raise ValueError(f"context.state holds a Q_hat of {arrays[COPY_KEY].size} values; the model has {size}")
     return WorkerState.from_arrays(arrays)
 
 
@@ -127,7 +134,7 @@ def handle_train(message: Message, context: Context) -> Message:
         state.restore(request.restore.copy, request.restore.version, request.restore.error_sq, request.restore.theta_hat)
     if not request.instruction.reset and state.version != request.version:
         # This node lost its state (a restart, a new run) or holds another one: computing on it would put a wrong
-        # innovation into the aggregate. Say what it holds; the server restores it next round.
+        # innovation into the aggregate. Say what it holds; the server sends the message again with a restore.
         content = reply_content(partition_id, None, None, state.checksum(), version=state.version)
         return Message(content, reply_to=message)
     theta = state.receive(request.broadcast, request.downlink)
@@ -149,12 +156,6 @@ def handle_identify(message: Message, context: Context) -> Message:
         partition_id = partition_of(context, settings.problem.num_workers)
     except NodeConfigError as error:
         return Message(identity_content(config_error=str(error)), reply_to=message)
-    identity = Identity(partition=partition_id)
-    record = context.state.config_records.get(MEMORY_RECORD)
-    if record is not None:
-        dtypes = _stored_dtypes(np.dtype(settings.problem.dtype))
-        copy = np.frombuffer(record[COPY_KEY], dtypes[COPY_KEY])
-        tilde = np.frombuffer(record[THETA_TILDE_KEY], dtypes[THETA_TILDE_KEY]) if THETA_TILDE_KEY in record else None
-        version = int(np.frombuffer(record[VERSION_KEY], dtypes[VERSION_KEY])[0])
-        identity = Identity(partition=partition_id, version=version, checksum=state_checksum(copy, tilde))
+    state = stored_state(context, np.dtype(settings.problem.dtype))
+    identity = Identity(partition_id) if state is None else Identity(partition_id, state.version, state.checksum())
     return Message(identity_content(identity), reply_to=message)

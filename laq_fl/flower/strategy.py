@@ -460,14 +460,12 @@ class LaqStrategy(Strategy):
                 if parsed.partition_id is not None and parsed.partition_id != partition:
                     raise PayloadError(f"it answers for partition {parsed.partition_id}, the message was for {partition}")
                 if parsed.partition_id is not None and parsed.payload is None and parsed.loss is None:
-                    expected = (state.expected_version(partition, upload=False), state.checksum(partition))
-                    if needs_resync(state, partition):
-                        raise PayloadError("it says its state differs in answer to a reset, which ignores its state")
-                    if (parsed.version, parsed.checksum) == expected:
-                        raise PayloadError("it says its state differs, yet its version and checksum are the server's")
+                    if not self._says_state_differs(partition, reply):  # the one test, shared with follow_up
+                        raise PayloadError("it says its state differs, yet it answered a reset (which ignores its "
+                                           "state) or its version and checksum are the server's")
                     differs.append(partition)
                     log(INFO, "Round %d: the worker of partition %d (node %d) holds state version %d, the server %d: "
-                        "restoring it next round", server_round, partition, node, parsed.version, expected[0])
+                        "restoring it next round", server_round, partition, node, parsed.version, state.versions[partition])
                     continue
                 new_copy = None
                 if parsed.payload is not None:
