@@ -5,22 +5,54 @@ rule (:mod:`laq_fl.skip_rules`) and a gradient oracle, combined in :data:`laq_fl
 lives here with no Flower import; ``client_app.py`` and ``server_app.py`` adapt it to Flower.
 """
 
-from laq_fl.codec import PayloadError, pack_levels, unpack_levels
-from laq_fl.compressors import (
-    COMPRESSORS,
-    Compressed,
-    Compressor,
-    NonFiniteError,
-    build_compressor,
-    compression_rng,
-    register_compressor,
-)
-from laq_fl.config import ALGORITHMS, AlgorithmConfig, AlgorithmSpec, ConfigError, ProblemConfig, register_algorithm
-from laq_fl.driver import IterationRecord, RunResult, run_in_process
-from laq_fl.memory import MEMORIES, Memory
-from laq_fl.server_state import ServerState
-from laq_fl.skip_rules import RULES, Evidence, Instruction, SkipRule, default_xi, lazy_threshold
-from laq_fl.worker import WorkerParts, WorkerState, local_round, worker_round
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Names load on first use (PEP 562), so that importing a light module (the ClientApp's forwarder to a warm worker,
+# laq_fl.flower.warm_worker) does not import torch, which costs seconds in every short-lived flwr-clientapp.
+_SOURCES = {
+    "laq_fl.codec": ("PayloadError", "pack_levels", "unpack_levels"),
+    "laq_fl.compressors": ("COMPRESSORS", "Compressed", "Compressor", "NonFiniteError", "build_compressor",
+                           "compression_rng", "register_compressor"),
+    "laq_fl.config": ("ALGORITHMS", "AlgorithmConfig", "AlgorithmSpec", "ConfigError", "ProblemConfig",
+                      "register_algorithm"),
+    "laq_fl.driver": ("IterationRecord", "RunResult", "run_in_process"),
+    "laq_fl.memory": ("MEMORIES", "Memory"),
+    "laq_fl.server_state": ("ServerState",),
+    "laq_fl.skip_rules": ("RULES", "Evidence", "Instruction", "SkipRule", "default_xi", "lazy_threshold"),
+    "laq_fl.worker": ("WorkerParts", "WorkerState", "local_round", "worker_round"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+if TYPE_CHECKING:
+    from laq_fl.codec import PayloadError, pack_levels, unpack_levels
+    from laq_fl.compressors import (
+        COMPRESSORS,
+        Compressed,
+        Compressor,
+        NonFiniteError,
+        build_compressor,
+        compression_rng,
+        register_compressor,
+    )
+    from laq_fl.config import ALGORITHMS, AlgorithmConfig, AlgorithmSpec, ConfigError, ProblemConfig, register_algorithm
+    from laq_fl.driver import IterationRecord, RunResult, run_in_process
+    from laq_fl.memory import MEMORIES, Memory
+    from laq_fl.server_state import ServerState
+    from laq_fl.skip_rules import RULES, Evidence, Instruction, SkipRule, default_xi, lazy_threshold
+    from laq_fl.worker import WorkerParts, WorkerState, local_round, worker_round
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'laq_fl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ALGORITHMS",

@@ -1,6 +1,7 @@
 """A real deployment on 127.0.0.1, tested: TLS, SuperNode authentication, three SuperNodes, one killed and restarted.
 
-    python scripts/deploy_tls.py [--rounds 12] [--kill-after 4] [--restart-superlink] [--dataset synthetic|mnist] [--keep DIR]
+    python scripts/deploy_tls.py [--rounds 12] [--kill-after 4] [--restart-superlink] [--warm]
+                                 [--dataset synthetic|mnist] [--keep DIR]
 
 What it does, step by step (the README's "Deployment" section follows the same steps for real edge devices):
 
@@ -11,7 +12,9 @@ What it does, step by step (the README's "Deployment" section follows the same s
 3. Writes ``$FLWR_HOME/config.toml`` with a connection ``deploy`` (the address and ``root-certificates``) and
    registers each SuperNode's public key (``flwr supernode register <key.pub> deploy``).
 4. Starts three ``flower-supernode`` with ``--root-certificates``, ``--auth-supernode-private-key`` and
-   ``--node-config "partition-id=m num-partitions=3"``, each with its own ``--port``.
+   ``--node-config "partition-id=m num-partitions=3"``, each with its own ``--port``. With ``--warm``, first a
+   warm worker for each (``python -m laq_fl.flower.warm_worker --socket <dir>/warm<m>.sock``), named in the
+   node config (``worker-socket="<dir>/warm<m>.sock"``); it keeps running when its SuperNode is killed.
 5. ``flwr run . deploy`` with the LAQ run config; once the results file shows round ``--kill-after``, SIGKILLs
    SuperNode 1 and starts it again with the same key (so the same node id, and an empty state).
 6. Waits for the run, checks it ``finished:completed``, that the restarted worker was restored (the results
@@ -132,8 +135,12 @@ class Deployment:
     """Steps 1-4 of the module docstring in ``base``: certificates, a TLS SuperLink with SuperNode authentication,
     the ``deploy`` connection, ``num_nodes`` registered SuperNodes. :meth:`stop` stops every process by PID."""
 
-    def __init__(self, base: Path, num_nodes: int = NUM_NODES) -> None:
-        self.base, self.num_nodes = base, num_nodes
+    def __init__(self, base: Path, num_nodes: int = NUM_NODES, warm: bool = False) -> None:
+        """``warm``: start a warm worker beside each SuperNode (``python -m laq_fl.flower.warm_worker``) and name
+        its socket in the SuperNode's node config, so that no flwr-clientapp process imports torch."""
+        self.base, self.num_nodes, self.warm = base, num_nodes, warm
+        # A Unix socket's path is limited to 107 bytes: under a long TMPDIR the sockets go to a short folder.
+        self.socket_dir = base if len(str(base)) < 80 else Path(tempfile.mkdtemp(prefix="laqw", dir="/tmp"))
         self.port = free_port()
         self.env = private_env(base, self.port)
         self.processes: list[subprocess.Popen] = []
@@ -166,11 +173,20 @@ class Deployment:
         self.nodes = [self.supernode(index, 0) for index in range(num_nodes)]
 
     def supernode(self, index: int, attempt: int) -> subprocess.Popen:
-        """Start SuperNode ``index`` with its key and partition (``attempt`` names its log file)."""
+        """Start SuperNode ``index`` with its key and partition (``attempt`` names its log file), and its warm
+        worker when the deployment has them (once: a SuperNode restart does not touch its warm worker)."""
+        node_config = f"partition-id={index} num-partitions={self.num_nodes}"
+        if self.warm:
+            socket_path = self.socket_dir / f"warm{index}.sock"
+            if attempt == 0:
+                self.processes.append(start([sys.executable, "-m", "laq_fl.flower.warm_worker", "--socket",
+                                             str(socket_path)], self.base, {**self.env, "PYTHONPATH": str(REPO_ROOT)},
+                                            f"warm-worker{index}.log"))
+            node_config += f' worker-socket="{socket_path}"'
         process = start(
             [str(BIN / "flower-supernode"), "--root-certificates", str(self.certificates["ca"]),
              "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", str(self.keys[index][0]),
-             "--node-config", f"partition-id={index} num-partitions={self.num_nodes}", "--port", str(free_port())],
+             "--node-config", node_config, "--port", str(free_port())],
             self.base, self.env, f"supernode{index}-{attempt}.log")
         self.processes.append(process)
         return process
@@ -211,6 +227,8 @@ class Deployment:
 
     def stop(self) -> None:
         stop_processes([process.pid for process in self.processes])
+        if self.socket_dir != self.base:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def undisturbed_loss(run_config: dict) -> float:
@@ -240,6 +258,9 @@ def main() -> int:
                         help="instead of a SuperNode, kill the SuperLink (and the ServerApp) after --kill-after, restart "
                         "it on its database and resume the run from its checkpoint: the result must equal the "
                         "undisturbed run's exactly")
+    parser.add_argument("--warm", action="store_true",
+                        help="start a warm worker beside each SuperNode (python -m laq_fl.flower.warm_worker) and name "
+                        "its socket in the node config, as the README's Deployment recommends")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, certificates, results)")
     args = parser.parse_args()
 
@@ -249,7 +270,8 @@ def main() -> int:
     summary: dict = {"folder": str(base)}
     started = time.perf_counter()
     try:
-        deployment = Deployment(base)
+        deployment = Deployment(base, warm=args.warm)
+        summary["warm-workers"] = args.warm
         nodes = deployment.nodes
         out_dir = base / "out"
         run_config = {
@@ -304,12 +326,17 @@ def main() -> int:
             "median-round-seconds": seconds[len(seconds) // 2],
             "final-train-loss": trained[-1]["train-loss"] if trained else None,
         })
+        if args.warm:
+            logs = [path.read_text(errors="replace") for path in base.glob("warm-worker*.log")]
+            summary["warm-worker-replies"] = sum(log.count("warm worker: train handled") for log in logs)
         summary["undisturbed-train-loss"] = undisturbed_loss({**run_config, "out-dir": str(base / "reference")})
         checks = {
             "finished:completed": status == "finished:completed" and summary["results-status"] == "completed",
             "all rounds": len(trained) == args.rounds,
             "killed and restarted": killed_at is not None and killed_at < args.rounds,
             "restarted worker resynced": summary["restores"] + summary["resyncs"] >= 1,
+            **({"warm workers served the rounds": summary["warm-worker-replies"] >= (NUM_NODES - 1) * args.rounds}
+               if args.warm else {}),
             **({"run failed, then resumed": summary.get("failed-run-status") == "finished:failed",
                 "loss equal to the undisturbed run's": summary["final-train-loss"] == summary["undisturbed-train-loss"]}
                if args.restart_superlink else {}),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
 from laq_fl.data import minibatch_indices
-from laq_fl.flower.messages import NodeConfigError, identity_content, read_train_request, reply_content
+from laq_fl.flower.messages import NodeConfigError, identity_content, read_train_content, reply_content
 from laq_fl.membership import Identity
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
@@ -119,11 +119,16 @@ def handle_train(message: Message, context: Context) -> Message:
     A two-way broadcast that does not apply to the theta_tilde this node holds (it restarted, or missed one)
     raises :class:`~laq_fl.downlink.StaleIterateError`: the server gets an error reply and resends in full.
     """
+    return Message(train_reply_content(message.content, context), reply_to=message)
+
+
+def train_reply_content(content: RecordDict, context: Context) -> RecordDict:
+    """:func:`handle_train` on a message's content: the reply's content (updates ``context.state``)."""
     settings = settings_of(context)
     problem = settings.problem
     partition_id = partition_of(context, problem.num_workers)
     objective = cached_objective(problem, partition_id)
-    request = read_train_request(message)
+    request = read_train_content(content)
 
     batch = None
     if request.batch_size > 0:
@@ -135,27 +140,30 @@ def handle_train(message: Message, context: Context) -> Message:
     if not request.instruction.reset and state.version != request.version:
         # This node lost its state (a restart, a new run) or holds another one: computing on it would put a wrong
         # innovation into the aggregate. Say what it holds; the server sends the message again with a restore.
-        content = reply_content(partition_id, None, None, state.checksum(), version=state.version)
-        return Message(content, reply_to=message)
+        return reply_content(partition_id, None, None, state.checksum(), version=state.version)
     theta = state.receive(request.broadcast, request.downlink)
     parts = request.parts
     rng = compression_rng(problem.seed, partition_id, request.iteration) if parts.compressor.needs_rng else None
     loss, payload = local_round(state, objective, theta, parts, request.instruction, batch=batch, rng=rng)
     if payload is not None or request.instruction.reset or request.downlink is not None or restored:
         store_state(context, state)
-    content = reply_content(partition_id, loss, payload, state.checksum(), request.report, state.version,
-                            state.last_error_sq)
-    return Message(content, reply_to=message)
+    return reply_content(partition_id, loss, payload, state.checksum(), request.report, state.version,
+                         state.last_error_sq)
 
 
 def handle_identify(message: Message, context: Context) -> Message:
     """Answer the server's ``identify`` query: the partition this node serves and the version and checksum of the
     state it holds, without loading any data; or the error its node config raises (the server stops the run)."""
+    return Message(identity_reply_content(context), reply_to=message)
+
+
+def identity_reply_content(context: Context) -> RecordDict:
+    """:func:`handle_identify`'s reply content."""
     settings = settings_of(context)
     try:
         partition_id = partition_of(context, settings.problem.num_workers)
     except NodeConfigError as error:
-        return Message(identity_content(config_error=str(error)), reply_to=message)
+        return identity_content(config_error=str(error))
     state = stored_state(context, np.dtype(settings.problem.dtype))
     identity = Identity(partition_id) if state is None else Identity(partition_id, state.version, state.checksum())
-    return Message(identity_content(identity), reply_to=message)
+    return identity_content(identity)

@@ -176,7 +176,11 @@ def worker_parts(compressor: str, memory: str, rule: str) -> WorkerParts:
 
 
 def read_train_request(message: Message) -> TrainRequest:
-    content = message.content
+    return read_train_content(message.content)
+
+
+def read_train_content(content: RecordDict) -> TrainRequest:
+    """Decode the content of a ``train`` message (:func:`train_content`'s inverse)."""
     config = content.config_records[INSTRUCTION]
     theta = None
     if THETA in content.array_records:
