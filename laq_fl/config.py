@@ -269,6 +269,13 @@ class ProblemConfig:
     dtype: str = "float32"
     data_dir: str = "data"
     dirichlet_alpha: float = 0.5
+    task: str = ""
+    """A built-in task's name or ``"package.module:attribute"`` (:mod:`laq_fl.tasks`); empty: ``<dataset>-<model>``."""
+
+    @property
+    def task_spec(self) -> str:
+        """What names this problem's task: ``task``, else ``"<dataset>-<model>"``."""
+        return self.task or f"{self.dataset}-{self.model}"
 
     def __post_init__(self) -> None:
         _one_of("model", self.model, MODELS)
@@ -283,3 +290,7 @@ class ProblemConfig:
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ConfigError("data_dir", f"must be a non-empty path, got {self.data_dir!r}")
         _positive_float("dirichlet_alpha", self.dirichlet_alpha)
+        if self.task:
+            from laq_fl.tasks import resolve_task  # imports torch and, for a user's task, the user's module
+
+            resolve_task(self.task)

@@ -10,7 +10,7 @@ Parameters travel as one flat vector; :class:`FlatModel` maps it back to the ten
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -83,13 +83,16 @@ class FlatModel:
 class LocalObjective:
     """``f_m(theta) = mean CE over the worker's samples + (lam/2) ||theta||^2`` and its gradient."""
 
-    def __init__(self, model: FlatModel, features: torch.Tensor, labels: torch.Tensor, lam: float) -> None:
+    def __init__(self, model: FlatModel, features: torch.Tensor, labels: torch.Tensor, lam: float,
+                 data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> None:
+        """``data_loss(logits, labels)``: the mean loss over the samples given (a task's :meth:`~laq_fl.tasks.Task.loss`)."""
         if features.shape[0] != labels.shape[0] or features.shape[0] == 0:
             raise ValueError(f"need matching, non-empty features and labels, got {features.shape[0]} and {labels.shape[0]}")
         self.model = model
         self.features = features
         self.labels = labels
         self.lam = lam
+        self.data_loss = data_loss
 
     @property
     def num_samples(self) -> int:
@@ -106,7 +109,7 @@ class LocalObjective:
         features, labels = self._batch(batch)
         theta = _writable(theta)
         params = torch.from_numpy(theta).detach().requires_grad_(True)
-        cross_entropy = F.cross_entropy(self.model.logits(params, features), labels)
+        cross_entropy = self.data_loss(self.model.logits(params, features), labels)
         (grad,) = torch.autograd.grad(cross_entropy, params)
         grad = grad.numpy()
         grad += self.lam * theta
@@ -117,7 +120,7 @@ class LocalObjective:
         """``f_m(theta)`` (on ``batch`` when given)."""
         features, labels = self._batch(batch)
         logits = self.model.logits(torch.from_numpy(_writable(theta)), features)
-        return float(F.cross_entropy(logits, labels)) + self._regulariser(theta)
+        return float(self.data_loss(logits, labels)) + self._regulariser(theta)
 
     def _regulariser(self, theta: np.ndarray) -> float:
         theta64 = theta.astype(np.float64)
@@ -125,10 +128,11 @@ class LocalObjective:
 
 
 @torch.no_grad()
-def evaluate(model: FlatModel, theta: np.ndarray, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy (no regulariser) and accuracy of ``theta`` on a labelled set."""
+def evaluate(model: FlatModel, theta: np.ndarray, features: torch.Tensor, labels: torch.Tensor,
+             data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> tuple[float, float]:
+    """Mean data loss (cross-entropy by default; no regulariser) and accuracy of ``theta`` on a labelled set."""
     logits = model.logits(torch.from_numpy(_writable(theta)), features)
-    loss = float(F.cross_entropy(logits, labels))
+    loss = float(data_loss(logits, labels))
     accuracy = float((logits.argmax(dim=1) == labels).double().mean())
     return loss, accuracy
 

@@ -2,30 +2,61 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from laq_fl.config import ProblemConfig
-from laq_fl.data import load_dataset, load_partition
+from laq_fl.data import Dataset, load_partition, partition_indices
 from laq_fl.models import FlatModel, LocalObjective, evaluate
+from laq_fl.tasks import BuiltinTask, Task, check_fit, resolve_task
+
+
+def task_of(config: ProblemConfig) -> Task:
+    """The :class:`~laq_fl.tasks.Task` ``config`` names (its ``task``, else ``<dataset>-<model>``)."""
+    return resolve_task(config.task_spec)
+
+
+def flat_model(config: ProblemConfig) -> FlatModel:
+    """A fresh instance of the task's module, with its flat-vector layout."""
+    return FlatModel(task_of(config).build_module())
+
+
+@functools.lru_cache(maxsize=8)
+def task_dataset(task: Task, data_dir: str, seed: int) -> Dataset:
+    """The task's data, loaded once per process (the same :class:`Task` object comes back from resolve_task)."""
+    return task.load_dataset(data_dir, seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _task_partitions(task: Task, data_dir: str, scheme: str, num_workers: int, seed: int, alpha: float
+                     ) -> tuple[np.ndarray, ...]:
+    labels = task_dataset(task, data_dir, seed).train_labels.numpy()
+    return tuple(partition_indices(labels, num_workers, scheme, seed, alpha))
+
+
+def _partition(config: ProblemConfig, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
+    task = task_of(config)
+    if isinstance(task, BuiltinTask):  # the built-in data sets have their own caches (MNIST's shards on disk)
+        return load_partition(task.dataset, config.data_dir, config.partition, config.num_workers, worker,
+                              config.seed, config.dirichlet_alpha, config.dtype)
+    if not 0 <= worker < config.num_workers:
+        raise ValueError(f"worker index {worker} is outside 0..{config.num_workers - 1}")
+    data = task_dataset(task, config.data_dir, config.seed)
+    index = _task_partitions(task, config.data_dir, config.partition, config.num_workers, config.seed,
+                             config.dirichlet_alpha)[worker]
+    index_t = torch.from_numpy(index)
+    return data.train_features[index_t].to(getattr(torch, config.dtype)), data.train_labels[index_t]
 
 
 def local_objective(config: ProblemConfig, worker: int, model: FlatModel | None = None) -> LocalObjective:
     """f_m of one worker; its data come from the per-process partition cache."""
-    features, labels = load_partition(
-        config.dataset,
-        config.data_dir,
-        config.partition,
-        config.num_workers,
-        worker,
-        config.seed,
-        config.dirichlet_alpha,
-        config.dtype,
-    )
-    return LocalObjective(model or FlatModel.named(config.model), features, labels, config.lam)
+    features, labels = _partition(config, worker)
+    return LocalObjective(model or flat_model(config), features, labels, config.lam, task_of(config).loss)
 
 
 @dataclass
@@ -38,6 +69,7 @@ class Problem:
     objectives: list[LocalObjective]
     test_features: torch.Tensor
     test_labels: torch.Tensor
+    data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
     @property
     def size(self) -> int:
@@ -49,13 +81,15 @@ class Problem:
 
     def test_metrics(self, theta: np.ndarray) -> tuple[float, float]:
         """Test cross-entropy and accuracy."""
-        return evaluate(self.model, theta, self.test_features, self.test_labels)
+        return evaluate(self.model, theta, self.test_features, self.test_labels, self.data_loss)
 
 
 def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -> Problem:
     """Load (or reuse the cached) data and build f_m for ``workers`` (all by default)."""
-    model = FlatModel.named(config.model)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    task = task_of(config)
+    model = flat_model(config)
+    dataset = task_dataset(task, config.data_dir, config.seed)
+    check_fit(task, model.module, dataset)
     dtype = getattr(torch, config.dtype)
     indices = range(config.num_workers) if workers is None else workers
     return Problem(
@@ -65,16 +99,19 @@ def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -
         objectives=[local_objective(config, worker, model) for worker in indices],
         test_features=dataset.test_features.to(dtype),
         test_labels=dataset.test_labels,
+        data_loss=task.loss,
     )
 
 
 def test_evaluator(config: ProblemConfig) -> Callable[[np.ndarray], tuple[float, float]]:
     """Test cross-entropy and accuracy of a theta, for centralised evaluation (no training data loaded)."""
-    model = FlatModel.named(config.model)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    task = task_of(config)
+    model = flat_model(config)
+    dataset = task_dataset(task, config.data_dir, config.seed)
+    check_fit(task, model.module, dataset)
     features = dataset.test_features.to(getattr(torch, config.dtype))
 
     def evaluate_theta(theta: np.ndarray) -> tuple[float, float]:
-        return evaluate(model, theta, features, dataset.test_labels)
+        return evaluate(model, theta, features, dataset.test_labels, task.loss)
 
     return evaluate_theta

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ DEFAULT_OUT_DIR = "~/laq-fl-runs"
 # key -> (type, default). Defaults: the paper's LAQ logistic-regression setting on MNIST, 10 clients.
 RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "algorithm": (str, "laq"),
+    "task": (str, ""),
     "model": (str, "logistic"),
     "dataset": (str, "mnist"),
     "partition": (str, "contiguous"),
@@ -105,10 +107,17 @@ class RunSettings:
     def num_clients(self) -> int:
         return self.problem.num_workers
 
+    def name(self, run_id: int) -> str:
+        """``run-name``, else ``<algorithm>-<model>-<run id>`` (with a ``task``: ``<algorithm>-<task>-<run id>``,
+        the task spec's characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``-``)."""
+        if self.run_name:
+            return self.run_name
+        what = re.sub(r"[^A-Za-z0-9._-]+", "-", self.problem.task) if self.problem.task else self.problem.model
+        return f"{self.algorithm.algorithm}-{what}-{run_id}"
+
     def checkpoint_path(self, run_id: int) -> Path:
-        """``<out-dir>/checkpoints/<run-name>.npz`` (``<algorithm>-<model>-<run id>`` without a run-name)."""
-        name = self.run_name or f"{self.algorithm.algorithm}-{self.problem.model}-{run_id}"
-        return Path(self.out_dir) / "checkpoints" / f"{name}.npz"
+        """``<out-dir>/checkpoints/<name>.npz`` (:meth:`name`)."""
+        return Path(self.out_dir) / "checkpoints" / f"{self.name(run_id)}.npz"
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -187,6 +196,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             dtype=values["dtype"],
             data_dir=data_dir,
             dirichlet_alpha=values["dirichlet-alpha"],
+            task=values["task"],
         )
     except ConfigError as error:
         key = _FIELD_TO_KEY.get(error.key, error.key)

@@ -23,8 +23,7 @@ from flwr.serverapp.strategy import Result
 
 from laq_fl.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
 from laq_fl.flower.strategy import LaqStrategy
-from laq_fl.models import FlatModel
-from laq_fl.problem import test_evaluator
+from laq_fl.problem import flat_model, test_evaluator
 from laq_fl.results import RoundLog
 from laq_fl.run_config import RESUMABLE_CHANGES, RunSettings, parse_run_config
 from laq_fl.server_state import ServerState
@@ -54,8 +53,7 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 0.5)
 
 
 def results_path(settings: RunSettings, run_id: int) -> Path:
-    name = settings.run_name or f"{settings.algorithm.algorithm}-{settings.problem.model}-{run_id}"
-    return Path(settings.out_dir) / f"{name}.jsonl"
+    return Path(settings.out_dir) / f"{settings.name(run_id)}.jsonl"
 
 
 def run_server(grid: Grid, context: Context) -> Result:
@@ -84,13 +82,14 @@ def failure_line(path: Path, algorithm: str, error: str) -> None:
 
 
 def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[RoundLog]) -> Result:
+    problem = settings.problem
+    # The task's module and test data first: a task that does not fit its data stops here, before any node waits.
+    initial_theta = flat_model(problem).initial_parameters(problem.init, problem.seed, problem.dtype)
+    evaluate_theta = test_evaluator(problem)
+
     nodes = wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
     log(INFO, "%d node(s) connected; running %s for %d rounds", len(nodes), settings.algorithm.algorithm, settings.rounds)
-
-    problem = settings.problem
-    initial_theta = FlatModel.named(problem.model).initial_parameters(problem.init, problem.seed, problem.dtype)
     strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every, settings.node_wait_timeout)
-    evaluate_theta = test_evaluator(problem)
     checkpoint = settings.checkpoint_path(context.run_id)
     first_round = 1
     if settings.resume:

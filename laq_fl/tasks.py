@@ -1,0 +1,175 @@
+"""Tasks: what is learned — a torch module, a training set split over the workers, a test set, and the loss.
+
+A run names its task with the run config's ``task``: a built-in name (:data:`TASKS`) or ``"package.module:attribute"``
+(resolved with :mod:`importlib`, as Flower names its apps), where the attribute is a :class:`Task` or a callable that
+returns one. The local objective of worker m is ``f_m(theta) = task.loss(module_theta(x), y)`` averaged over its
+samples ``+ (lambda/2) ||theta||^2`` (Sun et al. 2019, eq. 1, with the authors' l2 term on all parameters).
+
+Built-in tasks:
+
+==================  =======================================================================  ========
+name                model and data                                                           p
+==================  =======================================================================  ========
+mnist-logistic      multinomial logistic regression on MNIST (the paper's Table 2)            7,850
+mnist-mlp           784-200-10 ReLU network on MNIST (the paper's Table 2)                  159,010
+synthetic-logistic  logistic regression on a seeded MNIST-shaped problem (tests, no files)    7,850
+synthetic-mlp       the MLP on the same                                                     159,010
+==================  =======================================================================  ========
+
+Without ``task`` the run config's ``dataset`` and ``model`` name the built-in ``<dataset>-<model>``.
+
+A task of your own (see ``examples/``)::
+
+    class MyTask(Task):
+        name = "my-task"
+        def build_module(self) -> nn.Module: ...
+        def load_dataset(self, data_dir: str, seed: int) -> Dataset: ...   # laq_fl.data.Dataset
+
+    task = MyTask()          # run config: task = "my_package.my_module:task"
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from laq_fl.config import ConfigError
+from laq_fl.data import Dataset, load_dataset
+from laq_fl.models import build_module
+
+
+class TaskError(ValueError):
+    """A task's module and data do not fit together (feature or class count, dtypes, empty sets)."""
+
+
+class Task(ABC):
+    """A learning task. Subclasses give :attr:`name`, :meth:`build_module` and :meth:`load_dataset`; the loss
+    defaults to the mean cross-entropy of the module's logits (float tensor (N, C)) against int64 labels in 0..C-1.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def build_module(self) -> nn.Module:
+        """A fresh module mapping a float feature tensor (N, ...) to logits (N, C); its parameters (any shapes)
+        travel as one flat vector (:class:`laq_fl.models.FlatModel`)."""
+
+    @abstractmethod
+    def load_dataset(self, data_dir: str, seed: int) -> Dataset:
+        """The whole training and test sets (features float, labels int64), partitioned over the workers by the
+        run config's ``partition``. Called once per process for each (data_dir, seed); may raise
+        :class:`~laq_fl.data.DatasetNotFoundError`."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean data loss (a scalar tensor), without the l2 term, which the objective adds."""
+        return F.cross_entropy(logits, labels)
+
+    @property
+    def key(self) -> str:
+        """What caches of this task's data are keyed by."""
+        return self.name or f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+class BuiltinTask(Task):
+    """A built-in model on a built-in data set (:func:`laq_fl.models.build_module`, :func:`laq_fl.data.load_dataset`)."""
+
+    def __init__(self, dataset: str, model: str) -> None:
+        self.dataset, self.model, self.name = dataset, model, f"{dataset}-{model}"
+
+    def build_module(self) -> nn.Module:
+        return build_module(self.model)
+
+    def load_dataset(self, data_dir: str, seed: int) -> Dataset:
+        return load_dataset(self.dataset, data_dir, seed)
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to :data:`TASKS` under its name (an existing name is replaced)."""
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError(f"register_task needs a Task with a name, got {task!r}")
+    TASKS[task.name] = task
+    return task
+
+
+for _dataset in ("mnist", "synthetic"):
+    for _model in ("logistic", "mlp"):
+        register_task(BuiltinTask(_dataset, _model))
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_task(spec: str) -> Task:
+    """The task a run config's ``task`` names: a key of :data:`TASKS`, or ``"package.module:attribute"``.
+
+    Raises :class:`~laq_fl.config.ConfigError` (key ``task``) for an unknown name, a module that does not import,
+    a missing attribute, or one that is not a :class:`Task` (or a callable returning one).
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError("task", f"must be a task name or 'package.module:attribute', got {spec!r}")
+    if ":" not in spec:
+        if spec not in TASKS:
+            raise ConfigError("task", f"unknown task {spec!r}; built-in: {', '.join(sorted(TASKS))}; or give "
+                              "'package.module:attribute' for your own (see the README's 'Your own task')")
+        return TASKS[spec]
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any failure to import is the user's task module failing
+        raise ConfigError("task", f"cannot import {module_name!r} for task {spec!r}: {type(error).__name__}: "
+                          f"{error} (is its folder on PYTHONPATH, or installed?)") from error
+    try:
+        value = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise ConfigError("task", f"module {module_name!r} has no attribute {attribute!r}") from None
+    if isinstance(value, type) and issubclass(value, Task) or not isinstance(value, Task) and callable(value):
+        value = _call(value, spec)
+    if not isinstance(value, Task):
+        raise ConfigError("task", f"{spec!r} is a {type(value).__name__}, not a laq_fl.tasks.Task")
+    return value
+
+
+def _call(factory: Callable[[], object], spec: str) -> object:
+    try:
+        return factory()
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError("task", f"calling {spec!r} failed: {type(error).__name__}: {error}") from error
+
+
+def check_fit(task: Task, module: nn.Module, dataset: Dataset) -> None:
+    """Raise :class:`TaskError` unless the module maps the data's features to one logit per class of its labels.
+
+    Runs the module on two training samples (a forward pass, no gradient)."""
+    for part in ("train", "test"):
+        features, labels = getattr(dataset, f"{part}_features"), getattr(dataset, f"{part}_labels")
+        if features.shape[0] == 0 or features.shape[0] != labels.shape[0]:
+            raise TaskError(f"task {task.key}: the {part} set has {features.shape[0]} feature rows and "
+                            f"{labels.shape[0]} labels (need as many, at least one)")
+        if labels.dtype != torch.int64 or not torch.is_floating_point(features):
+            raise TaskError(f"task {task.key}: {part} features must be float and labels int64, got "
+                            f"{features.dtype} and {labels.dtype}")
+    if dataset.train_features.shape[1:] != dataset.test_features.shape[1:]:
+        raise TaskError(f"task {task.key}: train features are {tuple(dataset.train_features.shape[1:])} per "
+                        f"sample, test features {tuple(dataset.test_features.shape[1:])}")
+    try:
+        with torch.no_grad():
+            logits = module(dataset.train_features[:2].to(torch.float32))
+    except RuntimeError as error:
+        raise TaskError(f"task {task.key}: the module does not take the data's features "
+                        f"({tuple(dataset.train_features.shape[1:])} per sample): {error}") from error
+    if logits.dim() != 2 or logits.shape[0] != min(2, dataset.train_features.shape[0]):
+        raise TaskError(f"task {task.key}: the module must return logits of shape (N, classes), got "
+                        f"{tuple(logits.shape)} for N = 2")
+    num_classes = logits.shape[1]
+    highest = int(max(dataset.train_labels.max(), dataset.test_labels.max()))
+    lowest = int(min(dataset.train_labels.min(), dataset.test_labels.min()))
+    if lowest < 0 or highest >= num_classes:
+        raise TaskError(f"task {task.key}: labels run from {lowest} to {highest}, but the module has "
+                        f"{num_classes} outputs (labels must lie in 0..{num_classes - 1})")

@@ -1,0 +1,147 @@
+"""The task interface: built-in tasks, a user's own task from examples/, and tasks that cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, assert_same_bits
+from flwr.app import Context, RecordDict
+from torch import nn
+
+from client_app import app as client_app
+from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
+from laq_fl.data import Dataset
+from laq_fl.driver import run_in_process
+from laq_fl.flower import InProcessGrid, run_server
+from laq_fl.problem import build_problem, local_objective
+from laq_fl.results import read_results
+from laq_fl.run_config import parse_run_config
+from laq_fl.tasks import TASKS, Task, TaskError, resolve_task
+
+EXAMPLE = REPO_ROOT / "examples" / "own_task"
+
+
+@pytest.fixture
+def blobs(tmp_path: Path, monkeypatch) -> str:
+    """The example's folder on sys.path (as PYTHONPATH would put it) and its data written to a fresh data-dir."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from make_data import write_blobs
+
+    write_blobs(tmp_path / "data")
+    return str(tmp_path / "data")
+
+
+@pytest.mark.parametrize(("name", "size"), [("mnist-logistic", 7_850), ("mnist-mlp", 159_010),
+                                            ("synthetic-logistic", 7_850), ("synthetic-mlp", 159_010)])
+def test_built_in_tasks_have_the_papers_models(name: str, size: int) -> None:
+    module = resolve_task(name).build_module()
+    assert sum(parameter.numel() for parameter in module.parameters()) == size
+
+
+def test_task_names_the_same_problem_as_dataset_and_model() -> None:
+    by_task = run_in_process(AlgorithmConfig(algorithm="laq"), ProblemConfig(task="synthetic-logistic", num_workers=3), 15)
+    by_keys = run_in_process(AlgorithmConfig(algorithm="laq"), ProblemConfig(dataset="synthetic", num_workers=3), 15)
+    assert_same_bits(by_task.theta, by_keys.theta)
+
+
+def test_the_example_task_runs_through_the_flower_app_as_through_the_driver(blobs: str, tmp_path: Path) -> None:
+    """examples/own_task: a user's module and CSV data, no change to laq_fl/; the app equals the driver bit for bit."""
+    rounds = 60
+    run_config = {"task": "blobs_task:task", "data-dir": blobs, "num-clients": 3, "rounds": rounds, "lr": 0.5,
+                  "lambda": 0.001, "report-every": 1, "out-dir": str(tmp_path / "out"), "run-name": "blobs",
+                  "partition": "iid"}
+    grid = InProcessGrid(client_app, 3, run_config)
+    result = run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    rows, status = read_results(tmp_path / "out" / "blobs.jsonl")
+    assert status["status"] == "completed" and theta.size == 2 * 16 + 16 + 16 * 3 + 3
+    assert rows[-1]["train-loss"] < 0.5 * rows[1]["train-loss"]
+    assert rows[-1]["test-accuracy"] > 0.85  # three well-separated blobs
+    assert sum(row["uploads"] for row in rows[1:]) < 3 * rounds  # LAQ skipped some
+
+    settings = parse_run_config(run_config)
+    expected = run_in_process(settings.algorithm, settings.problem, rounds)
+    assert_same_bits(theta, expected.theta)
+    assert [row["uploads"] for row in rows[1:]] == expected.column("uploads").tolist()
+
+
+@pytest.mark.parametrize("scheme", ["contiguous", "iid", "dirichlet"])
+def test_a_users_task_is_partitioned_disjointly_and_completely(blobs: str, scheme: str) -> None:
+    config = ProblemConfig(task="blobs_task:task", data_dir=blobs, num_workers=4, partition=scheme)
+    shards = [local_objective(config, worker) for worker in range(4)]
+    assert sum(shard.num_samples for shard in shards) == 1200  # 80% of 1,500 rows
+    rows = torch.cat([shard.features for shard in shards])
+    assert torch.unique(rows, dim=0).shape[0] == 1200
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("mnist-transformer", "unknown task 'mnist-transformer'; built-in: .*mnist-logistic"),
+    ("no_such_module_xyz:task", "cannot import 'no_such_module_xyz'.*PYTHONPATH"),
+    ("laq_fl.tasks:nothing_here", "has no attribute 'nothing_here'"),
+    ("math:pi", "is a float, not a laq_fl.tasks.Task"),
+])
+def test_a_task_that_cannot_be_found_fails_before_round_one_naming_the_key(spec: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_run_config({"task": spec})
+    assert info.value.key == "task"
+
+
+def test_a_task_module_that_raises_on_import_is_named(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "broken_task.py").write_text("raise RuntimeError('my bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="cannot import 'broken_task'.*RuntimeError: my bug") as info:
+        parse_run_config({"task": "broken_task:task"})
+    assert info.value.key == "task"
+
+
+class CountingGrid(InProcessGrid):
+    pushed = 0
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        self.pushed += len(messages)
+        return super().push_messages(messages)
+
+
+class _Misfit(Task):
+    def __init__(self, name: str, outputs: int, features: int) -> None:
+        self.name, self.outputs, self.features = name, outputs, features
+
+    def build_module(self) -> nn.Module:
+        return nn.Linear(4, self.outputs)
+
+    def load_dataset(self, data_dir: str, seed: int) -> Dataset:
+        generator = torch.Generator().manual_seed(seed)
+        features = torch.rand(50, self.features, generator=generator)
+        labels = torch.arange(50) % 5
+        return Dataset(self.name, features[:40], labels[:40], features[40:], labels[40:])
+
+
+misfit_classes = _Misfit("misfit-classes", outputs=3, features=4)
+misfit_features = _Misfit("misfit-features", outputs=5, features=7)
+
+
+@pytest.mark.parametrize(("attribute", "match"), [
+    ("misfit_classes", "labels run from 0 to 4, but the module has 3 outputs"),
+    ("misfit_features", r"does not take the data's features \(\(7,\) per sample\)"),
+])
+def test_a_task_whose_model_and_data_do_not_fit_stops_before_round_one(tmp_path: Path, attribute: str,
+                                                                       match: str) -> None:
+    spec = f"{__name__}:{attribute}"
+    with pytest.raises(TaskError, match=match):
+        build_problem(ProblemConfig(task=spec, num_workers=2))
+    run_config = {"task": spec, "num-clients": 2, "rounds": 3, "out-dir": str(tmp_path), "run-name": "misfit"}
+    grid = CountingGrid(client_app, 2, run_config)
+    with pytest.raises(TaskError, match=match):
+        run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    assert grid.pushed == 0  # no node was asked anything
+    rows, status = read_results(tmp_path / "misfit.jsonl")
+    assert rows == [] and status["status"] == "failed" and match.split(" ")[0] in status["error"]
+
+
+def test_registered_tasks_are_tasks() -> None:
+    assert {"mnist-logistic", "mnist-mlp"} <= set(TASKS)
+    assert all(isinstance(task, Task) and task.name == name for name, task in TASKS.items())
+
