@@ -129,11 +129,14 @@ class LocalObjective:
 
 @torch.no_grad()
 def evaluate(model: FlatModel, theta: np.ndarray, features: torch.Tensor, labels: torch.Tensor,
-             data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> tuple[float, float]:
-    """Mean data loss (cross-entropy by default; no regulariser) and accuracy of ``theta`` on a labelled set."""
+             data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+             predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
+    """Mean data loss (cross-entropy by default; no regulariser) and accuracy of ``theta`` on a labelled set
+    (``predict(logits)``: the predicted labels; default the arg-max class)."""
     logits = model.logits(torch.from_numpy(_writable(theta)), features)
     loss = float(data_loss(logits, labels))
-    accuracy = float((logits.argmax(dim=1) == labels).double().mean())
+    predicted = logits.argmax(dim=1) if predict is None else predict(logits)
+    accuracy = float((predicted == labels).double().mean())
     return loss, accuracy
 
 

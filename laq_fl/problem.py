@@ -70,6 +70,7 @@ class Problem:
     test_features: torch.Tensor
     test_labels: torch.Tensor
     data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -81,7 +82,7 @@ class Problem:
 
     def test_metrics(self, theta: np.ndarray) -> tuple[float, float]:
         """Test cross-entropy and accuracy."""
-        return evaluate(self.model, theta, self.test_features, self.test_labels, self.data_loss)
+        return evaluate(self.model, theta, self.test_features, self.test_labels, self.data_loss, self.predict)
 
 
 def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -> Problem:
@@ -100,6 +101,7 @@ def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -
         test_features=dataset.test_features.to(dtype),
         test_labels=dataset.test_labels,
         data_loss=task.loss,
+        predict=task.predict,
     )
 
 
@@ -112,6 +114,6 @@ def test_evaluator(config: ProblemConfig) -> Callable[[np.ndarray], tuple[float,
     features = dataset.test_features.to(getattr(torch, config.dtype))
 
     def evaluate_theta(theta: np.ndarray) -> tuple[float, float]:
-        return evaluate(model, theta, features, dataset.test_labels, task.loss)
+        return evaluate(model, theta, features, dataset.test_labels, task.loss, task.predict)
 
     return evaluate_theta

@@ -14,6 +14,8 @@ mnist-logistic      multinomial logistic regression on MNIST (the paper's Table 
 mnist-mlp           784-200-10 ReLU network on MNIST (the paper's Table 2)                  159,010
 synthetic-logistic  logistic regression on a seeded MNIST-shaped problem (tests, no files)    7,850
 synthetic-mlp       the MLP on the same                                                     159,010
+ijcnn1-logistic     binary logistic regression on ijcnn1 (Figure 6), ``<data-dir>/ijcnn1/``       23
+libsvm:/abs/FILE    binary logistic regression on any LIBSVM file (test set ``FILE.t``)        d + 1
 ==================  =======================================================================  ========
 
 Without ``task`` the run config's ``dataset`` and ``model`` name the built-in ``<dataset>-<model>``.
@@ -34,13 +36,14 @@ import functools
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from laq_fl.config import ConfigError
-from laq_fl.data import Dataset, load_dataset
+from laq_fl.data import Dataset, DatasetNotFoundError, load_dataset
 from laq_fl.models import build_module
 
 
@@ -70,6 +73,10 @@ class Task(ABC):
         """The mean data loss (a scalar tensor), without the l2 term, which the objective adds."""
         return F.cross_entropy(logits, labels)
 
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """The predicted labels (int64, (N,)) for test accuracy: the arg-max class."""
+        return logits.argmax(dim=1)
+
     @property
     def key(self) -> str:
         """What caches of this task's data are keyed by."""
@@ -89,6 +96,56 @@ class BuiltinTask(Task):
         return load_dataset(self.dataset, data_dir, seed)
 
 
+class BinaryLogisticTask(Task):
+    """Binary logistic regression on a LIBSVM data set (:mod:`laq_fl.libsvm`): one logit ``w.x + b`` per sample
+    (p = d + 1), loss ``mean log(1 + exp(-s z))`` with s = +-1 (binary cross-entropy with logits), labels 0/1.
+
+    ``path``: the training file, absolute, or relative to the run's ``data-dir`` (then ``num_features`` must be
+    given, since the module is built before any data is read)."""
+
+    def __init__(self, name: str, path: str, num_features: int | None = None) -> None:
+        self.name, self.path, self._num_features = name, path, num_features
+
+    def _file(self, data_dir: str | None) -> Path:
+        path = Path(self.path).expanduser()
+        if path.is_absolute():
+            return path
+        if data_dir is None:
+            raise TaskError(f"task {self.name}: {self.path} is relative to data-dir, so the feature count must be given")
+        return Path(data_dir).expanduser() / path
+
+    @property
+    def num_features(self) -> int:
+        if self._num_features is None:
+            self._num_features = int(self._arrays(None)[0].shape[1])
+        return self._num_features
+
+    def _arrays(self, data_dir: str | None):
+        from laq_fl.libsvm import load_binary
+
+        return load_binary(self._file(data_dir))
+
+    def build_module(self) -> nn.Module:
+        return nn.Linear(self.num_features, 1)
+
+    def load_dataset(self, data_dir: str, seed: int) -> Dataset:
+        try:
+            train_x, train_y, test_x, test_y = self._arrays(data_dir)
+        except FileNotFoundError as error:
+            raise DatasetNotFoundError(f"task {self.name}: {error} (data-dir = {data_dir})") from None
+        return Dataset(self.name, torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                       torch.from_numpy(test_y))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype))
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits[:, 0] > 0).to(torch.int64)
+
+
+LIBSVM_PREFIX = "libsvm:"
+"""``task = "libsvm:/abs/path/NAME[.bz2]"``: binary logistic regression on any LIBSVM file (test set: ``NAME.t``)."""
+
 TASKS: dict[str, Task] = {}
 
 
@@ -103,6 +160,7 @@ def register_task(task: Task) -> Task:
 for _dataset in ("mnist", "synthetic"):
     for _model in ("logistic", "mlp"):
         register_task(BuiltinTask(_dataset, _model))
+register_task(BinaryLogisticTask("ijcnn1-logistic", "ijcnn1/ijcnn1.bz2", num_features=22))
 
 
 @functools.lru_cache(maxsize=64)
@@ -114,6 +172,16 @@ def resolve_task(spec: str) -> Task:
     """
     if not isinstance(spec, str) or not spec:
         raise ConfigError("task", f"must be a task name or 'package.module:attribute', got {spec!r}")
+    if spec.startswith(LIBSVM_PREFIX):
+        path = Path(spec[len(LIBSVM_PREFIX):]).expanduser()
+        if not path.is_absolute():
+            raise ConfigError("task", f"{spec!r}: give the LIBSVM file's absolute path (every node reads it there)")
+        task = BinaryLogisticTask(f"libsvm-{path.name}", str(path))
+        try:
+            task.num_features  # noqa: B018 - reads the file now, so that a missing or malformed one fails here
+        except (OSError, ValueError) as error:
+            raise ConfigError("task", f"{spec!r}: {error}") from None
+        return task
     if ":" not in spec:
         if spec not in TASKS:
             raise ConfigError("task", f"unknown task {spec!r}; built-in: {', '.join(sorted(TASKS))}; or give "
@@ -167,7 +235,7 @@ def check_fit(task: Task, module: nn.Module, dataset: Dataset) -> None:
     if logits.dim() != 2 or logits.shape[0] != min(2, dataset.train_features.shape[0]):
         raise TaskError(f"task {task.key}: the module must return logits of shape (N, classes), got "
                         f"{tuple(logits.shape)} for N = 2")
-    num_classes = logits.shape[1]
+    num_classes = logits.shape[1] if logits.shape[1] > 1 else 2  # one logit: a binary task, labels 0 and 1
     highest = int(max(dataset.train_labels.max(), dataset.test_labels.max()))
     lowest = int(min(dataset.train_labels.min(), dataset.test_labels.min()))
     if lowest < 0 or highest >= num_classes:

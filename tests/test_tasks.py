@@ -145,3 +145,68 @@ def test_registered_tasks_are_tasks() -> None:
     assert {"mnist-logistic", "mnist-mlp"} <= set(TASKS)
     assert all(isinstance(task, Task) and task.name == name for name, task in TASKS.items())
 
+
+
+def test_ijcnn1_is_read_as_the_data_readme_describes(mnist_dir: str) -> None:
+    dataset = resolve_task("ijcnn1-logistic").load_dataset(mnist_dir, 0)
+    assert tuple(dataset.train_features.shape) == (49_990, 22) and tuple(dataset.test_features.shape) == (91_701, 22)
+    assert int(dataset.train_labels.sum()) == 4_853  # the positives (label +1 -> 1)
+    assert set(dataset.test_labels.unique().tolist()) == {0, 1}
+
+
+def test_binary_logistic_loss_is_the_logistic_loss() -> None:
+    task = resolve_task("ijcnn1-logistic")
+    logits = torch.tensor([[2.0], [-1.0], [0.5]], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0])
+    signs = 2.0 * labels.double() - 1.0
+    expected = torch.log1p(torch.exp(-signs * logits[:, 0])).mean()
+    assert float(task.loss(logits, labels)) == pytest.approx(float(expected), rel=1e-12)
+    assert task.predict(logits).tolist() == [1, 0, 1]
+
+
+def test_ijcnn1_runs_through_the_flower_app_as_through_the_driver(mnist_dir: str, tmp_path: Path) -> None:
+    rounds = 20
+    run_config = {"task": "ijcnn1-logistic", "data-dir": mnist_dir, "num-clients": 3, "rounds": rounds, "lr": 0.5,
+                  "lambda": 0.001, "report-every": 1, "out-dir": str(tmp_path), "run-name": "ijcnn1"}
+    grid = InProcessGrid(client_app, 3, run_config)
+    result = run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    rows, status = read_results(tmp_path / "ijcnn1.jsonl")
+    assert status["status"] == "completed" and theta.size == 23
+    assert rows[-1]["train-loss"] < rows[1]["train-loss"]
+    settings = parse_run_config(run_config)
+    expected = run_in_process(settings.algorithm, settings.problem, rounds)
+    assert_same_bits(theta, expected.theta)
+
+
+def write_libsvm(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_any_libsvm_file_is_a_task_with_one_value(tmp_path: Path) -> None:
+    rng = torch.Generator().manual_seed(0)
+    points = torch.randn(200, 3, generator=rng)
+    labels = (points @ torch.tensor([1.0, -2.0, 0.5]) > 0)
+    lines = [f"{'+1' if label else '-1'} " + " ".join(f"{i + 1}:{value:.5f}" for i, value in enumerate(point.tolist()))
+             for point, label in zip(points, labels)]
+    train = write_libsvm(tmp_path / "mine", lines[:150])
+    write_libsvm(tmp_path / "mine.t", lines[150:])
+    settings = parse_run_config({"task": f"libsvm:{train}", "num-clients": 2, "lr": 1.0, "lambda": 0.001})
+    result = run_in_process(settings.algorithm, settings.problem, 100)
+    assert result.theta.size == 4
+    assert result.records[-1].test_accuracy > 0.9
+
+
+def test_a_malformed_libsvm_line_is_named_with_its_file_and_number(tmp_path: Path) -> None:
+    train = write_libsvm(tmp_path / "bad", ["+1 1:0.5 2:0.25", "-1 1:0.1 2:0.3", "-1 1:0.2 two:0.4", "+1 2:1"])
+    with pytest.raises(ConfigError, match=rf"{train}, line 3: .*'-1 1:0.2 two:0.4'") as info:
+        parse_run_config({"task": f"libsvm:{train}"})
+    assert info.value.key == "task"
+
+
+def test_a_libsvm_task_needs_an_absolute_path_and_a_file() -> None:
+    with pytest.raises(ConfigError, match="absolute path"):
+        parse_run_config({"task": "libsvm:relative/file"})
+    with pytest.raises(ConfigError, match="not found"):
+        parse_run_config({"task": "libsvm:/nonexistent/file"})
