@@ -132,7 +132,7 @@ for _spec in (
     register_algorithm(_spec)
 
 
-MODELS = ("logistic", "mlp")
+MODELS = ("logistic", "mlp", "cnn")
 DATASETS = ("mnist", "synthetic")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
 INITS = ("glorot", "zeros")

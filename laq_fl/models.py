@@ -2,6 +2,7 @@
 
 * ``logistic``: multinomial logistic regression 784 -> 10 with bias, p = 7,850.
 * ``mlp``: 784 -> 200 (ReLU) -> 10, p = 159,010.
+* ``cnn``: LeNet-5 style, conv 5x5 (6) - pool - conv 5x5 (16) - pool - 120 - 84 - 10 (ReLU), p = 61,706.
 
 ``f_m(theta) = mean cross-entropy over worker m's samples + (lam/2) ||theta||^2`` on all
 parameters, biases included (the authors' setup, ``../shared/notes/paper-setup.md``).
@@ -24,14 +25,24 @@ HIDDEN_UNITS = 200
 
 
 def build_module(name: str) -> nn.Module:
-    """The torch module for ``"logistic"`` or ``"mlp"``."""
+    """The torch module for ``"logistic"``, ``"mlp"`` or ``"cnn"`` (features: flat 784-vectors)."""
     if name == "logistic":
         return nn.Linear(NUM_FEATURES, NUM_CLASSES)
     if name == "mlp":
         return nn.Sequential(
             nn.Linear(NUM_FEATURES, HIDDEN_UNITS), nn.ReLU(), nn.Linear(HIDDEN_UNITS, NUM_CLASSES)
         )
-    raise ValueError(f"unknown model {name!r}; expected 'logistic' or 'mlp'")
+    if name == "cnn":
+        # LeNet-5 (LeCun et al. 1998) with ReLU and max pooling, as in most modern re-implementations; the first
+        # convolution pads 28x28 to keep C1's 28x28 maps of the original's 32x32 input. p = 61,706.
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 28, 28)),
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, NUM_CLASSES),
+        )
+    raise ValueError(f"unknown model {name!r}; expected 'logistic', 'mlp' or 'cnn'")
 
 
 class FlatModel:

@@ -12,8 +12,9 @@ name                model and data                                              
 ==================  =======================================================================  ========
 mnist-logistic      multinomial logistic regression on MNIST (the paper's Table 2)            7,850
 mnist-mlp           784-200-10 ReLU network on MNIST (the paper's Table 2)                  159,010
+mnist-cnn           LeNet-5-style network on MNIST (conv-pool-conv-pool-120-84-10)           61,706
 synthetic-logistic  logistic regression on a seeded MNIST-shaped problem (tests, no files)    7,850
-synthetic-mlp       the MLP on the same                                                     159,010
+synthetic-mlp       the MLP on the same (``synthetic-cnn``: the CNN)                         159,010
 ijcnn1-logistic     binary logistic regression on ijcnn1 (Figure 6), ``<data-dir>/ijcnn1/``       23
 libsvm:/abs/FILE    binary logistic regression on any LIBSVM file (test set ``FILE.t``)        d + 1
 ==================  =======================================================================  ========
@@ -158,7 +159,7 @@ def register_task(task: Task) -> Task:
 
 
 for _dataset in ("mnist", "synthetic"):
-    for _model in ("logistic", "mlp"):
+    for _model in ("logistic", "mlp", "cnn"):
         register_task(BuiltinTask(_dataset, _model))
 register_task(BinaryLogisticTask("ijcnn1-logistic", "ijcnn1/ijcnn1.bz2", num_features=22))
 

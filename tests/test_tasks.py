@@ -34,10 +34,24 @@ def blobs(tmp_path: Path, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize(("name", "size"), [("mnist-logistic", 7_850), ("mnist-mlp", 159_010),
-                                            ("synthetic-logistic", 7_850), ("synthetic-mlp", 159_010)])
+                                            ("synthetic-logistic", 7_850), ("synthetic-mlp", 159_010),
+                                            ("mnist-cnn", 61_706)])
 def test_built_in_tasks_have_the_papers_models(name: str, size: int) -> None:
     module = resolve_task(name).build_module()
     assert sum(parameter.numel() for parameter in module.parameters()) == size
+
+
+def test_the_cnn_learns_and_runs_through_the_app_as_through_the_driver(tmp_path: Path) -> None:
+    rounds = 4
+    run_config = {"task": "synthetic-cnn", "num-clients": 3, "rounds": rounds, "lr": 0.1, "report-every": 1,
+                  "out-dir": str(tmp_path), "run-name": "cnn", "algorithm": "laq", "bits": 8}
+    grid = InProcessGrid(client_app, 3, run_config)
+    result = run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    rows, _ = read_results(tmp_path / "cnn.jsonl")
+    assert rows[-1]["train-loss"] < rows[1]["train-loss"]
+    settings = parse_run_config(run_config)
+    assert_same_bits(theta, run_in_process(settings.algorithm, settings.problem, rounds).theta)
 
 
 def test_task_names_the_same_problem_as_dataset_and_model() -> None:
