@@ -134,7 +134,7 @@ for _spec in (
 
 MODELS = ("logistic", "mlp", "cnn")
 DATASETS = ("mnist", "synthetic")
-PARTITIONS = ("contiguous", "iid", "dirichlet")
+PARTITIONS = ("contiguous", "iid", "dirichlet", "pathological", "shard")  # laq_fl.data.PARTITIONS
 INITS = ("glorot", "zeros")
 DTYPES = ("float32", "float64")
 
@@ -269,6 +269,8 @@ class ProblemConfig:
     dtype: str = "float32"
     data_dir: str = "data"
     dirichlet_alpha: float = 0.5
+    classes_per_partition: int = 2
+    shards_per_partition: int = 2
     task: str = ""
     """A built-in task's name or ``"package.module:attribute"`` (:mod:`laq_fl.tasks`); empty: ``<dataset>-<model>``."""
 
@@ -290,6 +292,8 @@ class ProblemConfig:
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ConfigError("data_dir", f"must be a non-empty path, got {self.data_dir!r}")
         _positive_float("dirichlet_alpha", self.dirichlet_alpha)
+        _positive_int("classes_per_partition", self.classes_per_partition)
+        _positive_int("shards_per_partition", self.shards_per_partition)
         if self.task:
             from laq_fl.tasks import resolve_task  # imports torch and, for a user's task, the user's module
 

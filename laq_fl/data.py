@@ -4,12 +4,9 @@
   flattened to 784 features, no normalisation (the authors' setup).
 * ``synthetic``: a seeded, MNIST-shaped linear-teacher problem for runs with no download.
 
-Partitions of the training set over M workers:
-
-* ``contiguous`` (the paper): worker m holds samples ``[m N / M, (m+1) N / M)`` in the original order;
-* ``iid``: a seeded shuffle cut into M near-equal shards;
-* ``dirichlet``: label skew; each class is split over the workers by proportions drawn from
-  ``Dirichlet(alpha 1_M)`` (smaller alpha, more skew).
+Partitions of the training set over M workers (:func:`partition_indices`): ``contiguous`` (the paper: worker m
+holds samples ``[m N / M, (m+1) N / M)`` in the original order), and Flower Datasets' partitioners ``iid``,
+``dirichlet``, ``pathological`` and ``shard`` applied to an in-memory table of the labels.
 
 A worker's MNIST shard is also kept on disk (``$LAQ_FL_CACHE_DIR``, default ``~/.cache/laq-fl/partitions``): a
 deployed SuperNode runs each message in a new process, which would otherwise import torchvision and parse the IDX
@@ -111,50 +108,83 @@ def load_dataset(name: str, data_dir: str, seed: int = 0) -> Dataset:
     raise ValueError(f"unknown dataset {name!r}; expected 'mnist' or 'synthetic'")
 
 
+PARTITIONS = ("contiguous", "iid", "dirichlet", "pathological", "shard")
+
+
 def partition_indices(
-    labels: np.ndarray, num_workers: int, scheme: str, seed: int = 0, alpha: float = 0.5
+    labels: np.ndarray, num_workers: int, scheme: str, seed: int = 0, alpha: float = 0.5,
+    classes_per_partition: int = 2, shards_per_partition: int = 2,
 ) -> list[np.ndarray]:
-    """Sample indices of each worker's shard; the shards are disjoint and cover every sample."""
+    """Sorted sample indices (int64) of each worker's shard: disjoint; they cover every sample except where a
+    pathological partition leaves classes out (Flower Datasets warns then).
+
+    ``contiguous`` is the paper's split (worker m: samples [m N / M, (m+1) N / M)); the others are Flower Datasets'
+    partitioners on an in-memory table of the labels (nothing is downloaded): ``iid`` (a seeded shuffle, then
+    ``IidPartitioner``), ``dirichlet`` (``DirichletPartitioner``, label skew ``alpha``), ``pathological``
+    (``PathologicalPartitioner``, ``classes_per_partition`` classes each) and ``shard`` (``ShardPartitioner``,
+    ``shards_per_partition`` label-sorted shards each). Raises ValueError for an unknown scheme, more workers than
+    samples, or a split that leaves a worker without samples.
+    """
     num_samples = len(labels)
     if num_workers < 1 or num_workers > num_samples:
         raise ValueError(f"cannot split {num_samples} samples over {num_workers} workers")
     if scheme == "contiguous":
         bounds = [m * num_samples // num_workers for m in range(num_workers + 1)]
         return [np.arange(bounds[m], bounds[m + 1]) for m in range(num_workers)]
-    rng = np.random.default_rng(seed)
+    if scheme not in PARTITIONS:
+        raise ValueError(f"unknown partition {scheme!r}; expected one of {', '.join(PARTITIONS)}")
+    shards = _flower_datasets_partition(np.asarray(labels), num_workers, scheme, seed, alpha, classes_per_partition,
+                                        shards_per_partition)
+    empty = [worker for worker, shard in enumerate(shards) if shard.size == 0]
+    if empty:
+        raise ValueError(f"partition {scheme!r} leaves worker(s) {empty} of {num_workers} without samples; "
+                         "choose fewer workers or other partition parameters")
+    return shards
+
+
+def _flower_datasets_partition(labels: np.ndarray, num_workers: int, scheme: str, seed: int, alpha: float,
+                               classes_per_partition: int, shards_per_partition: int) -> list[np.ndarray]:
+    import warnings
+
+    # Deferred: Flower Datasets and Hugging Face datasets take seconds to import, and only these schemes need them.
+    from datasets import Dataset as Table
+    from datasets.utils.logging import disable_progress_bar
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        ShardPartitioner,
+    )
+
+    disable_progress_bar()
+    table = Table.from_dict({"label": labels.astype(np.int64), "index": np.arange(len(labels), dtype=np.int64)})
     if scheme == "iid":
-        return [np.sort(shard) for shard in np.array_split(rng.permutation(num_samples), num_workers)]
-    if scheme == "dirichlet":
-        return _dirichlet_partition(np.asarray(labels), num_workers, rng, alpha)
-    raise ValueError(f"unknown partition {scheme!r}; expected 'contiguous', 'iid' or 'dirichlet'")
-
-
-def _dirichlet_partition(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, alpha: float
-) -> list[np.ndarray]:
-    shards: list[list[np.ndarray]] = [[] for _ in range(num_workers)]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        proportions = rng.dirichlet(np.full(num_workers, alpha))
-        cuts = (np.cumsum(proportions)[:-1] * len(members)).astype(int)
-        for worker, part in enumerate(np.split(members, cuts)):
-            shards[worker].append(part)
-    result = [np.sort(np.concatenate(parts)) for parts in shards]
-    # Every worker needs at least one sample for f_m to exist: hand the empty ones a sample each
-    # from the largest shard, which keeps the partition disjoint and seeded.
-    for worker, shard in enumerate(result):
-        if shard.size == 0:
-            donor = int(np.argmax([s.size for s in result]))
-            result[worker], result[donor] = result[donor][-1:], result[donor][:-1]
-    return result
+        table = table.shuffle(seed=seed)  # IidPartitioner cuts the table as it comes
+        partitioner = IidPartitioner(num_partitions=num_workers)
+    elif scheme == "dirichlet":
+        partitioner = DirichletPartitioner(num_partitions=num_workers, partition_by="label", alpha=alpha,
+                                           min_partition_size=1, seed=seed)
+    elif scheme == "pathological":
+        partitioner = PathologicalPartitioner(num_partitions=num_workers, partition_by="label",
+                                              num_classes_per_partition=classes_per_partition, seed=seed)
+    else:
+        partitioner = ShardPartitioner(num_partitions=num_workers, partition_by="label",
+                                       num_shards_per_partition=shards_per_partition, seed=seed)
+    partitioner.dataset = table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation notes inside the partitioners
+        return [np.sort(np.asarray(partitioner.load_partition(worker)["index"], dtype=np.int64))
+                for worker in range(num_workers)]
 
 
 @functools.lru_cache(maxsize=None)
 def _cached_partitions(
-    dataset: str, data_dir: str, scheme: str, num_workers: int, seed: int, alpha: float
+    dataset: str, data_dir: str, scheme: str, num_workers: int, seed: int, alpha: float,
+    classes_per_partition: int = 2, shards_per_partition: int = 2,
 ) -> tuple[np.ndarray, ...]:
     labels = load_dataset(dataset, data_dir, seed).train_labels.numpy()
-    return tuple(partition_indices(labels, num_workers, scheme, seed, alpha))
+    return tuple(partition_indices(labels, num_workers, scheme, seed, alpha, classes_per_partition,
+                                   shards_per_partition))
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,11 +197,14 @@ def load_partition(
     seed: int = 0,
     alpha: float = 0.5,
     dtype: str = "float32",
+    classes_per_partition: int = 2,
+    shards_per_partition: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels of one worker's shard, computed once per process and cached (MNIST also on disk)."""
     if not 0 <= worker < num_workers:
         raise ValueError(f"worker index {worker} is outside 0..{num_workers - 1}")
-    cached = _shard_file(dataset, data_dir, scheme, num_workers, worker, seed, alpha)
+    params = (seed, alpha, classes_per_partition, shards_per_partition)
+    cached = _shard_file(dataset, data_dir, scheme, num_workers, worker, *params)
     if cached is not None and cached.is_file():
         try:
             with np.load(cached, allow_pickle=False) as stored:
@@ -179,7 +212,7 @@ def load_partition(
             return features.to(getattr(torch, dtype)), labels
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file: rebuild it
-    features, labels = _compute_partition(dataset, data_dir, scheme, num_workers, worker, seed, alpha)
+    features, labels = _compute_partition(dataset, data_dir, scheme, num_workers, worker, *params)
     if cached is not None:
         _write_shard(cached, features, labels)
     return features.to(getattr(torch, dtype)), labels
@@ -189,7 +222,7 @@ PARTITION_CACHE_ENV = "LAQ_FL_CACHE_DIR"
 
 
 def _shard_file(dataset: str, data_dir: str, scheme: str, num_workers: int, worker: int, seed: int,
-                alpha: float) -> Path | None:
+                alpha: float, classes_per_partition: int = 2, shards_per_partition: int = 2) -> Path | None:
     if dataset != "mnist":
         return None  # the synthetic set is generated in milliseconds
     raw = Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
@@ -201,7 +234,8 @@ def _shard_file(dataset: str, data_dir: str, scheme: str, num_workers: int, work
         stat = path.stat()
         sources.append([str(path), stat.st_size, stat.st_mtime_ns])
     key = json.dumps({"sources": sources, "scheme": scheme, "workers": num_workers, "worker": worker, "seed": seed,
-                      "alpha": alpha, "format": 1}, sort_keys=True)
+                      "alpha": alpha, "classes": classes_per_partition, "shards": shards_per_partition,
+                      "format": 2}, sort_keys=True)
     folder = Path(os.environ.get(PARTITION_CACHE_ENV) or "~/.cache/laq-fl/partitions").expanduser()
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return folder / f"mnist-{scheme}-{worker}of{num_workers}-{digest}.npz"
@@ -219,9 +253,11 @@ def _write_shard(path: Path, features: torch.Tensor, labels: torch.Tensor) -> No
 
 
 def _compute_partition(dataset: str, data_dir: str, scheme: str, num_workers: int, worker: int, seed: int,
-                       alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       alpha: float, classes_per_partition: int = 2, shards_per_partition: int = 2
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_dataset(dataset, data_dir, seed)
-    index = torch.from_numpy(_cached_partitions(dataset, data_dir, scheme, num_workers, seed, alpha)[worker])
+    index = torch.from_numpy(_cached_partitions(dataset, data_dir, scheme, num_workers, seed, alpha,
+                                                classes_per_partition, shards_per_partition)[worker])
     return data.train_features[index], data.train_labels[index]
 
 

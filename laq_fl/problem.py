@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from laq_fl.config import ProblemConfig
-from laq_fl.data import Dataset, load_partition, partition_indices
+from laq_fl.data import Dataset, _cached_partitions, load_partition, partition_indices
 from laq_fl.models import FlatModel, LocalObjective, evaluate
 from laq_fl.tasks import BuiltinTask, Task, check_fit, resolve_task
 
@@ -33,24 +33,35 @@ def task_dataset(task: Task, data_dir: str, seed: int) -> Dataset:
 
 
 @functools.lru_cache(maxsize=None)
-def _task_partitions(task: Task, data_dir: str, scheme: str, num_workers: int, seed: int, alpha: float
-                     ) -> tuple[np.ndarray, ...]:
-    labels = task_dataset(task, data_dir, seed).train_labels.numpy()
-    return tuple(partition_indices(labels, num_workers, scheme, seed, alpha))
+def _task_partitions(task: Task, config: ProblemConfig) -> tuple[np.ndarray, ...]:
+    labels = task_dataset(task, config.data_dir, config.seed).train_labels.numpy()
+    return tuple(partition_indices(labels, config.num_workers, config.partition, config.seed, config.dirichlet_alpha,
+                                   config.classes_per_partition, config.shards_per_partition))
 
 
 def _partition(config: ProblemConfig, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
     task = task_of(config)
     if isinstance(task, BuiltinTask):  # the built-in data sets have their own caches (MNIST's shards on disk)
         return load_partition(task.dataset, config.data_dir, config.partition, config.num_workers, worker,
-                              config.seed, config.dirichlet_alpha, config.dtype)
+                              config.seed, config.dirichlet_alpha, config.dtype, config.classes_per_partition,
+                              config.shards_per_partition)
     if not 0 <= worker < config.num_workers:
         raise ValueError(f"worker index {worker} is outside 0..{config.num_workers - 1}")
     data = task_dataset(task, config.data_dir, config.seed)
-    index = _task_partitions(task, config.data_dir, config.partition, config.num_workers, config.seed,
-                             config.dirichlet_alpha)[worker]
-    index_t = torch.from_numpy(index)
-    return data.train_features[index_t].to(getattr(torch, config.dtype)), data.train_labels[index_t]
+    index = torch.from_numpy(_task_partitions(task, config)[worker])
+    return data.train_features[index].to(getattr(torch, config.dtype)), data.train_labels[index]
+
+
+def partition_sizes(config: ProblemConfig) -> list[int]:
+    """Each worker's number of training samples under ``config``'s partition (labels only, no features copied).
+    Raises ValueError when the partition cannot be made (the server checks this before round 1)."""
+    task = task_of(config)
+    if isinstance(task, BuiltinTask):
+        shards = _cached_partitions(task.dataset, config.data_dir, config.partition, config.num_workers, config.seed,
+                                    config.dirichlet_alpha, config.classes_per_partition, config.shards_per_partition)
+    else:
+        shards = _task_partitions(task, config)
+    return [len(shard) for shard in shards]
 
 
 def local_objective(config: ProblemConfig, worker: int, model: FlatModel | None = None) -> LocalObjective:

@@ -29,6 +29,8 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "dataset": (str, "mnist"),
     "partition": (str, "contiguous"),
     "dirichlet-alpha": (float, 0.5),
+    "classes-per-partition": (int, 2),
+    "shards-per-partition": (int, 2),
     "num-clients": (int, 10),
     "rounds": (int, 300),
     "bits": (int, 4),
@@ -83,6 +85,8 @@ _FIELD_TO_KEY = {
     "dtype": "dtype",
     "data_dir": "data-dir",
     "dirichlet_alpha": "dirichlet-alpha",
+    "classes_per_partition": "classes-per-partition",
+    "shards_per_partition": "shards-per-partition",
 }
 
 
@@ -196,6 +200,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             dtype=values["dtype"],
             data_dir=data_dir,
             dirichlet_alpha=values["dirichlet-alpha"],
+            classes_per_partition=values["classes-per-partition"],
+            shards_per_partition=values["shards-per-partition"],
             task=values["task"],
         )
     except ConfigError as error:

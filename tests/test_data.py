@@ -53,6 +53,31 @@ def test_dirichlet_covers_and_skews(alpha: float) -> None:
         assert spread < 0.05  # close to iid
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3])
+def test_pathological_gives_each_worker_its_number_of_classes(classes: int) -> None:
+    labels = np.repeat(np.arange(10), 100)
+    shards = partition_indices(labels, 10, "pathological", seed=2, classes_per_partition=classes)
+    joined = np.concatenate(shards)
+    assert joined.size == np.unique(joined).size  # disjoint
+    assert all(len(np.unique(labels[shard])) <= classes for shard in shards)
+    assert max(len(np.unique(labels[shard])) for shard in shards) == classes
+
+
+def test_shard_gives_each_worker_label_sorted_shards() -> None:
+    labels = np.repeat(np.arange(10), 100)
+    shards = partition_indices(labels, 5, "shard", seed=0, shards_per_partition=2)
+    assert_disjoint_cover(shards, labels.size)
+    assert all(len(shard) == 200 and len(np.unique(labels[shard])) <= 3 for shard in shards)
+    again = partition_indices(labels, 5, "shard", seed=0, shards_per_partition=2)
+    assert all(np.array_equal(a, b) for a, b in zip(shards, again))
+
+
+def test_a_partition_that_cannot_be_made_is_refused() -> None:
+    """Flower Datasets' own check: class 0 has one sample and two workers drawn for it."""
+    with pytest.raises(ValueError, match="more partitions"):
+        partition_indices(np.array([0, 1, 1, 1, 1, 1]), 4, "pathological", seed=6, classes_per_partition=1)
+
+
 def test_unknown_partition_rejected() -> None:
     with pytest.raises(ValueError, match="partition"):
         partition_indices(np.zeros(10), 2, "round-robin")

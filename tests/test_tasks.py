@@ -224,3 +224,24 @@ def test_a_libsvm_task_needs_an_absolute_path_and_a_file() -> None:
         parse_run_config({"task": "libsvm:relative/file"})
     with pytest.raises(ConfigError, match="not found"):
         parse_run_config({"task": "libsvm:/nonexistent/file"})
+
+
+def test_a_partition_that_cannot_be_made_stops_before_round_one(tmp_path: Path) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 6000, "partition": "pathological",
+                  "classes-per-partition": 11, "rounds": 2, "out-dir": str(tmp_path), "run-name": "bad-partition"}
+    grid = CountingGrid(client_app, 2, run_config)
+    with pytest.raises(ConfigError, match="'pathological' over 6000 workers") as info:
+        run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    assert info.value.key == "partition" and grid.pushed == 0
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological", "shard"])
+def test_flower_datasets_partitions_run_through_the_app_as_through_the_driver(tmp_path: Path, scheme: str) -> None:
+    rounds = 5
+    run_config = {"dataset": "synthetic", "num-clients": 4, "partition": scheme, "rounds": rounds, "lr": 0.05,
+                  "report-every": 1, "out-dir": str(tmp_path), "run-name": scheme}
+    grid = InProcessGrid(client_app, 4, run_config)
+    result = run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    settings = parse_run_config(run_config)
+    assert_same_bits(theta, run_in_process(settings.algorithm, settings.problem, rounds).theta)

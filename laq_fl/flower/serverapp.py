@@ -21,9 +21,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from laq_fl.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
+from laq_fl.checkpoint import (
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
+from laq_fl.config import ConfigError
 from laq_fl.flower.strategy import LaqStrategy
-from laq_fl.problem import flat_model, test_evaluator
+from laq_fl.problem import flat_model, partition_sizes, test_evaluator
 from laq_fl.results import RoundLog
 from laq_fl.run_config import RESUMABLE_CHANGES, RunSettings, parse_run_config
 from laq_fl.server_state import ServerState
@@ -86,6 +92,12 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
     # The task's module and test data first: a task that does not fit its data stops here, before any node waits.
     initial_theta = flat_model(problem).initial_parameters(problem.init, problem.seed, problem.dtype)
     evaluate_theta = test_evaluator(problem)
+    try:
+        sizes = partition_sizes(problem)
+    except ValueError as error:
+        raise ConfigError("partition", f"{problem.partition!r} over {problem.num_workers} workers: {error}") from None
+    log(INFO, "Partition %s: %d workers with %d..%d training samples", problem.partition, len(sizes), min(sizes),
+        max(sizes))
 
     nodes = wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
     log(INFO, "%d node(s) connected; running %s for %d rounds", len(nodes), settings.algorithm.algorithm, settings.rounds)
