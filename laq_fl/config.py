@@ -41,14 +41,29 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from laq_fl.compressors import COMPRESSORS, Compressor, Grid, Identity, ParameterError, build_compressor
+from laq_fl.compressors import (
+    COMPRESSORS,
+    Compressor,
+    Grid,
+    Identity,
+    ParameterError,
+    build_compressor,
+)
 from laq_fl.memory import MEMORIES, Memory, NoMemory, memory_named
-from laq_fl.skip_rules import DEFAULT_T_BAR, RULES, RuleSettings, SkipRule, default_xi, rule_named
+from laq_fl.skip_rules import (
+    DEFAULT_T_BAR,
+    RULES,
+    RuleSettings,
+    SkipRule,
+    default_xi,
+    rule_named,
+)
 
 FULL_PRECISION = 32
 """The ``bits`` value that switches quantization off."""
@@ -271,6 +286,8 @@ class ProblemConfig:
     dirichlet_alpha: float = 0.5
     classes_per_partition: int = 2
     shards_per_partition: int = 2
+    device: str = "cpu"
+    """Where gradients and evaluation run: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (cuda when torch sees a GPU)."""
     task: str = ""
     """A built-in task's name or ``"package.module:attribute"`` (:mod:`laq_fl.tasks`); empty: ``<dataset>-<model>``."""
 
@@ -292,9 +309,17 @@ class ProblemConfig:
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ConfigError("data_dir", f"must be a non-empty path, got {self.data_dir!r}")
         _positive_float("dirichlet_alpha", self.dirichlet_alpha)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.device.startswith("cuda"):
+            from laq_fl.devices import check_cuda  # imports torch
+
+            check_cuda(self.device)
         _positive_int("classes_per_partition", self.classes_per_partition)
         _positive_int("shards_per_partition", self.shards_per_partition)
         if self.task:
-            from laq_fl.tasks import resolve_task  # imports torch and, for a user's task, the user's module
+            from laq_fl.tasks import (
+                resolve_task,  # imports torch and, for a user's task, the user's module
+            )
 
             resolve_task(self.task)

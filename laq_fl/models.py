@@ -95,13 +95,18 @@ class LocalObjective:
     """``f_m(theta) = mean CE over the worker's samples + (lam/2) ||theta||^2`` and its gradient."""
 
     def __init__(self, model: FlatModel, features: torch.Tensor, labels: torch.Tensor, lam: float,
-                 data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> None:
-        """``data_loss(logits, labels)``: the mean loss over the samples given (a task's :meth:`~laq_fl.tasks.Task.loss`)."""
+                 data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 device: torch.device | str = "cpu") -> None:
+        """``data_loss(logits, labels)``: the mean loss over the samples given (a task's :meth:`~laq_fl.tasks.Task.loss`).
+        ``device``: where the data live and the gradient is computed; theta comes in and the gradient goes out as
+        numpy arrays on the CPU."""
         if features.shape[0] != labels.shape[0] or features.shape[0] == 0:
             raise ValueError(f"need matching, non-empty features and labels, got {features.shape[0]} and {labels.shape[0]}")
+        self.device = torch.device(device)
         self.model = model
-        self.features = features
-        self.labels = labels
+        model.module.to(self.device)
+        self.features = features.to(self.device)
+        self.labels = labels.to(self.device)
         self.lam = lam
         self.data_loss = data_loss
 
@@ -112,17 +117,17 @@ class LocalObjective:
     def _batch(self, batch: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         if batch is None:
             return self.features, self.labels
-        index = torch.from_numpy(np.asarray(batch, np.int64))
+        index = torch.from_numpy(np.asarray(batch, np.int64)).to(self.device)
         return self.features[index], self.labels[index]
 
     def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         """``f_m(theta)`` and ``grad f_m(theta)`` (on ``batch`` sample indices when given: SGD, SLAQ)."""
         features, labels = self._batch(batch)
         theta = _writable(theta)
-        params = torch.from_numpy(theta).detach().requires_grad_(True)
+        params = torch.from_numpy(theta).to(self.device).requires_grad_(True)
         cross_entropy = self.data_loss(self.model.logits(params, features), labels)
         (grad,) = torch.autograd.grad(cross_entropy, params)
-        grad = grad.numpy()
+        grad = grad.cpu().numpy()
         grad += self.lam * theta
         return float(cross_entropy.detach()) + self._regulariser(theta), grad
 
@@ -130,7 +135,7 @@ class LocalObjective:
     def loss(self, theta: np.ndarray, batch: np.ndarray | None = None) -> float:
         """``f_m(theta)`` (on ``batch`` when given)."""
         features, labels = self._batch(batch)
-        logits = self.model.logits(torch.from_numpy(_writable(theta)), features)
+        logits = self.model.logits(torch.from_numpy(_writable(theta)).to(self.device), features)
         return float(self.data_loss(logits, labels)) + self._regulariser(theta)
 
     def _regulariser(self, theta: np.ndarray) -> float:
@@ -144,7 +149,7 @@ def evaluate(model: FlatModel, theta: np.ndarray, features: torch.Tensor, labels
              predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
     """Mean data loss (cross-entropy by default; no regulariser) and accuracy of ``theta`` on a labelled set
     (``predict(logits)``: the predicted labels; default the arg-max class)."""
-    logits = model.logits(torch.from_numpy(_writable(theta)), features)
+    logits = model.logits(torch.from_numpy(_writable(theta)).to(features.device), features)
     loss = float(data_loss(logits, labels))
     predicted = logits.argmax(dim=1) if predict is None else predict(logits)
     accuracy = float((predicted == labels).double().mean())

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from laq_fl.config import ProblemConfig
 from laq_fl.data import Dataset, _cached_partitions, load_partition, partition_indices
+from laq_fl.devices import resolve_device
 from laq_fl.models import FlatModel, LocalObjective, evaluate
 from laq_fl.tasks import BuiltinTask, Task, check_fit, resolve_task
 
@@ -67,7 +68,8 @@ def partition_sizes(config: ProblemConfig) -> list[int]:
 def local_objective(config: ProblemConfig, worker: int, model: FlatModel | None = None) -> LocalObjective:
     """f_m of one worker; its data come from the per-process partition cache."""
     features, labels = _partition(config, worker)
-    return LocalObjective(model or flat_model(config), features, labels, config.lam, task_of(config).loss)
+    return LocalObjective(model or flat_model(config), features, labels, config.lam, task_of(config).loss,
+                          resolve_device(config.device))
 
 
 @dataclass
@@ -109,8 +111,8 @@ def build_problem(config: ProblemConfig, workers: Sequence[int] | None = None) -
         model=model,
         initial_theta=model.initial_parameters(config.init, config.seed, config.dtype),
         objectives=[local_objective(config, worker, model) for worker in indices],
-        test_features=dataset.test_features.to(dtype),
-        test_labels=dataset.test_labels,
+        test_features=dataset.test_features.to(dtype).to(resolve_device(config.device)),
+        test_labels=dataset.test_labels.to(resolve_device(config.device)),
         data_loss=task.loss,
         predict=task.predict,
     )
@@ -122,9 +124,12 @@ def test_evaluator(config: ProblemConfig) -> Callable[[np.ndarray], tuple[float,
     model = flat_model(config)
     dataset = task_dataset(task, config.data_dir, config.seed)
     check_fit(task, model.module, dataset)
-    features = dataset.test_features.to(getattr(torch, config.dtype))
+    device = resolve_device(config.device)
+    model.module.to(device)
+    features = dataset.test_features.to(getattr(torch, config.dtype)).to(device)
+    labels = dataset.test_labels.to(device)
 
     def evaluate_theta(theta: np.ndarray) -> tuple[float, float]:
-        return evaluate(model, theta, features, dataset.test_labels, task.loss, task.predict)
+        return evaluate(model, theta, features, labels, task.loss, task.predict)
 
     return evaluate_theta

@@ -31,6 +31,7 @@ RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "dirichlet-alpha": (float, 0.5),
     "classes-per-partition": (int, 2),
     "shards-per-partition": (int, 2),
+    "device": (str, "auto"),
     "num-clients": (int, 10),
     "rounds": (int, 300),
     "bits": (int, 4),
@@ -87,6 +88,7 @@ _FIELD_TO_KEY = {
     "dirichlet_alpha": "dirichlet-alpha",
     "classes_per_partition": "classes-per-partition",
     "shards_per_partition": "shards-per-partition",
+    "device": "device",
 }
 
 
@@ -202,6 +204,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
             dirichlet_alpha=values["dirichlet-alpha"],
             classes_per_partition=values["classes-per-partition"],
             shards_per_partition=values["shards-per-partition"],
+            device=values["device"],
             task=values["task"],
         )
     except ConfigError as error:

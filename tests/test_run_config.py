@@ -43,7 +43,7 @@ def test_integral_floats_and_ints_convert_but_other_types_do_not() -> None:
 
 def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
     values = {"algorithm": "dgc", "task": "synthetic-logistic", "model": "mlp", "dataset": "synthetic", "partition": "dirichlet", "dirichlet-alpha": 0.3,
-              "classes-per-partition": 3, "shards-per-partition": 5,
+              "classes-per-partition": 3, "shards-per-partition": 5, "device": "cpu",
               "num-clients": 7, "rounds": 11, "bits": 5, "lr": 0.3, "xi-sum": 0.6, "D": 3, "xi-warmup": True, "t-bar": 9,
               "batch-size": 17, "density": 0.2, "lambda": 0.5, "seed": 4, "init": "zeros", "dtype": "float64",
               "data-dir": str(tmp_path / "data"), "out-dir": str(tmp_path / "out"), "run-name": "r", "round-timeout": 5.0,
@@ -57,7 +57,7 @@ def test_every_schema_key_reaches_the_settings(tmp_path) -> None:
     assert (algorithm.downlink_bits, algorithm.smoothness, settings.report_every) == (6, 2.5, 3)
     assert (problem.model, problem.dataset, problem.partition, problem.dirichlet_alpha, problem.num_workers) == (
         "mlp", "synthetic", "dirichlet", 0.3, 7)
-    assert (problem.classes_per_partition, problem.shards_per_partition) == (3, 5)
+    assert (problem.classes_per_partition, problem.shards_per_partition, problem.device) == (3, 5, "cpu")
     assert problem.task == problem.task_spec == "synthetic-logistic"  # task wins over dataset and model
     assert (problem.lam, problem.seed, problem.init, problem.dtype, problem.data_dir) == (0.5, 4, "zeros", "float64", values["data-dir"])
     assert (settings.rounds, settings.out_dir, settings.run_name, settings.round_timeout, settings.node_wait_timeout) == (
