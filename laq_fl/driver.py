@@ -80,11 +80,13 @@ def run_in_process(
     *,
     evaluate_every: int = 1,
     on_iteration: IterationCallback | None = None,
+    on_record: Callable[[IterationRecord], None] | None = None,
     stop_when: Callable[[IterationRecord], bool] | None = None,
 ) -> RunResult:
     """Run ``iterations`` rounds of ``algorithm`` on ``problem`` with every worker in this process.
 
-    ``on_iteration(k, server, workers)`` is called after each server step, for checks and logging;
+    ``on_iteration(k, server, workers)`` is called after each server step, for checks and logging,
+    ``on_record(record)`` with each iteration's record (for progress bars);
     the run ends early after the first record for which ``stop_when(record)`` is true.
     """
     if iterations < 0:
@@ -159,6 +161,8 @@ def run_in_process(
         )
         if on_iteration is not None:
             on_iteration(k, server, workers)
+        if on_record is not None:
+            on_record(result.records[-1])
         if stop_when is not None and stop_when(result.records[-1]):
             break
     result.theta = server.iterate

@@ -19,6 +19,7 @@ import torch
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.problem import build_problem
+from progress import record_hook, run_progress
 
 DEFAULT_BITS = {"logistic": 4, "mlp": 8}
 
@@ -45,7 +46,9 @@ def main() -> None:
     summary = []
     for name in args.algorithms:
         started = time.perf_counter()
-        result = run_in_process(AlgorithmConfig(algorithm=name, bits=bits, lr=args.lr), problem, args.iterations)
+        with run_progress(name, args.iterations) as update:
+            result = run_in_process(AlgorithmConfig(algorithm=name, bits=bits, lr=args.lr), problem, args.iterations,
+                                    on_record=record_hook(update))
         seconds = time.perf_counter() - started
         last = result.records[-1]
         row = {

@@ -17,6 +17,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client_app import app as client_app
+from progress import row_hook, run_progress
 from laq_fl.config import ProblemConfig
 from laq_fl.flower import InProcessGrid, run_server
 from laq_fl.flower.serverapp import results_path
@@ -109,12 +110,14 @@ def optimum(problem: ProblemConfig, cache_dir: Path, gradient_tolerance: float =
 
 
 def run_flower_app(run_config: dict) -> list[dict]:
-    """Run the real ServerApp, strategy and ClientApp through the in-process Grid; return the results rows."""
+    """Run the real ServerApp, strategy and ClientApp through the in-process Grid (a progress line on a terminal);
+    return the results rows."""
     settings = parse_run_config(run_config)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     grid = InProcessGrid(client_app, settings.num_clients, run_config)
     context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
-    run_server(grid, context)
+    with run_progress(settings.name(context.run_id), settings.rounds) as update:
+        run_server(grid, context, on_row=row_hook(update))
     path = results_path(settings, context.run_id)
     return read_results(path)[0]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, PAPER, git_revision, machine, optimum
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
+from progress import record_hook, run_progress
 
 VARIANTS = {
     "gd": AlgorithmConfig(algorithm="gd"),
@@ -50,10 +51,11 @@ def main() -> None:
             if key in report["runs"]:
                 continue
             started = time.perf_counter()
-            result = run_in_process(
-                config, ProblemConfig(data_dir=data_dir, seed=seed), args.max_iterations, evaluate_every=0,
-                stop_when=lambda record: record.train_loss - f_star <= args.tolerance,
-            )
+            with run_progress(key, args.max_iterations) as update:
+                result = run_in_process(
+                    config, ProblemConfig(data_dir=data_dir, seed=seed), args.max_iterations, evaluate_every=0,
+                    stop_when=lambda record: record.train_loss - f_star <= args.tolerance, on_record=record_hook(update),
+                )
             if result.records[-1].train_loss - f_star > args.tolerance:
                 raise SystemExit(f"seed {seed} {name}: no convergence in {args.max_iterations} iterations")
             report["runs"][key] = {

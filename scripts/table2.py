@@ -21,6 +21,7 @@ from pathlib import Path
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, PAPER, flower_table_row, git_revision, machine, markdown_table, optimum
 from laq_fl.config import ALGORITHMS as REGISTERED, AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
+from progress import record_hook, run_progress
 
 ALGORITHMS = ("gd", "qgd", "lag", "laq")
 BITS = {"logistic": 4, "mlp": 8}
@@ -55,10 +56,11 @@ def main() -> None:
     for name in args.algorithms:
         started = time.perf_counter()
         if f_star is not None:
-            reached = run_in_process(
-                AlgorithmConfig(algorithm=name, bits=bits), problem, args.max_iterations, evaluate_every=0,
-                stop_when=lambda record: record.train_loss - f_star <= args.tolerance,
-            )
+            with run_progress(f"{name} to the tolerance", args.max_iterations) as update:
+                reached = run_in_process(
+                    AlgorithmConfig(algorithm=name, bits=bits), problem, args.max_iterations, evaluate_every=0,
+                    stop_when=lambda record: record.train_loss - f_star <= args.tolerance, on_record=record_hook(update),
+                )
             iterations = len(reached.records) - 1  # the last record is f(theta^K), K steps in
             if reached.records[-1].train_loss - f_star > args.tolerance:
                 raise SystemExit(f"{name} did not reach the tolerance in {args.max_iterations} iterations")

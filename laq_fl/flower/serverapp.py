@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from logging import INFO
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def results_path(settings: RunSettings, run_id: int) -> Path:
     return Path(settings.out_dir) / f"{settings.name(run_id)}.jsonl"
 
 
-def run_server(grid: Grid, context: Context) -> Result:
-    """Run ``rounds`` rounds of the configured member of the LAQ family and write one results row per round."""
+def run_server(grid: Grid, context: Context, on_row: Callable[[dict], None] | None = None) -> Result:
+    """Run ``rounds`` rounds of the configured member of the LAQ family and write one results row per round.
+
+    ``on_row(row)``: called with each results row (round 0 first) as it is written, e.g. for a progress bar."""
     settings = parse_run_config(context.run_config)  # a bad key stops the run here, before round 1
     opened: list[RoundLog] = []  # the results log, once _run has opened it
     try:
-        return _run(grid, context, settings, opened)
+        return _run(grid, context, settings, opened, on_row)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
         if opened:
@@ -87,7 +90,8 @@ def failure_line(path: Path, algorithm: str, error: str) -> None:
         file.write(json.dumps({"status": "failed", "algorithm": algorithm, "rounds": 0, "error": error}) + "\n")
 
 
-def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[RoundLog]) -> Result:
+def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[RoundLog],
+         on_row: Callable[[dict], None] | None = None) -> Result:
     problem = settings.problem
     # The task's module and test data first: a task that does not fit its data stops here, before any node waits.
     initial_theta = flat_model(problem).initial_parameters(problem.init, problem.seed, problem.dtype)
@@ -126,6 +130,8 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
         row = results.record(
             server_round, **training, **{"train-loss-of": formed, "test-loss": test_loss, "test-accuracy": test_accuracy}
         )
+        if on_row is not None:
+            on_row(row)
         log(
             INFO,
             "round %d: %d uploads (%d total), %.4g B on the wire total, train loss %.6f (%d of %d workers), "
