@@ -21,6 +21,9 @@ DATA_DIR_ENV = "LAQ_FL_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/laq-fl/data"
 DEFAULT_OUT_DIR = "~/laq-fl-runs"
 
+MAX_DIFFERENCES = 10_000
+MAX_RUN_NAME_BYTES = 200
+
 # key -> (type, default). Defaults: the paper's LAQ logistic-regression setting on MNIST, 10 clients.
 RUN_CONFIG_SCHEMA: dict[str, tuple[type, Any]] = {
     "algorithm": (str, "laq"),
@@ -153,8 +156,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
         raise ConfigError(unknown[0], f"unknown key; known keys are {', '.join(RUN_CONFIG_SCHEMA)}")
     values = {key: _typed(key, run_config.get(key, default)) for key, (_, default) in RUN_CONFIG_SCHEMA.items()}
 
-    if values["D"] < 1:
-        raise ConfigError("D", f"must be an integer >= 1 (the number of parameter differences), got {values['D']}")
+    if not 1 <= values["D"] <= MAX_DIFFERENCES:
+        raise ConfigError("D", f"must be an integer in 1..{MAX_DIFFERENCES} (the number of parameter differences in "
+                          f"rule (7a); the paper's is 10), got {values['D']}")
     for key in ("rounds",):
         if values[key] < 1:
             raise ConfigError(key, f"must be an integer >= 1, got {values[key]}")
@@ -166,8 +170,12 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     if values["checkpoint-every"] < 0:
         raise ConfigError("checkpoint-every", f"must be an integer >= 0 (0: no checkpoints), got {values['checkpoint-every']}")
     name = values["run-name"]
-    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
-        raise ConfigError("run-name", f"must be a plain file name (no folders; out-dir says where), got {name!r}")
+    if name and (name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise ConfigError("run-name", f"must be a plain file name (no folders or control characters; out-dir says "
+                          f"where), got {name!r}")
+    if len(os.fsencode(name)) > MAX_RUN_NAME_BYTES:
+        raise ConfigError("run-name", f"is {len(os.fsencode(name))} bytes; at most {MAX_RUN_NAME_BYTES} (file names "
+                          "hold 255 bytes, and the checkpoint's temporary file adds to it)")
     if values["resume"] and not values["run-name"]:
         raise ConfigError("resume", "needs run-name: the checkpoint to continue is <out-dir>/checkpoints/<run-name>.npz "
                           "(an unnamed run's is <algorithm>-<model>-<run id>.npz: pass that name)")

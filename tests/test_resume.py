@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from laq_fl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from laq_fl.config import AlgorithmConfig
+from laq_fl.config import AlgorithmConfig, ConfigError
 from laq_fl.flower.client import handle_train
 from laq_fl.flower.grid import InProcessGrid
 from laq_fl.flower.serverapp import run_server
@@ -136,10 +136,41 @@ def test_failures_before_round_one_leave_a_status_line(tmp_path, task_identity) 
         serve(run_config, CrashingGrid({**run_config, "num-clients": 2}))
     rows, status = read_results(tmp_path / "few.jsonl")
     assert rows == [] and status["status"] == "failed" and "only 2 node" in status["error"]
+    before = (tmp_path / "few.jsonl").read_bytes()
     with pytest.raises(CheckpointError):
         serve({**run_config, "resume": True}, CrashingGrid(run_config))
-    _, status = read_results(tmp_path / "few.jsonl")
+    assert (tmp_path / "few.jsonl").read_bytes() == before  # the earlier run's record stays as it was
+    with pytest.raises(CheckpointError):
+        serve({**run_config, "resume": True, "run-name": "never-ran"}, CrashingGrid(run_config))
+    _, status = read_results(tmp_path / "never-ran.jsonl")
     assert status["status"] == "failed" and "no checkpoint" in status["error"]
+
+
+def test_a_refused_resume_leaves_a_completed_run_completed(tmp_path, task_identity) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 2, "data-dir": "/unused", "rounds": 4, "out-dir": str(tmp_path),
+                  "run-name": "done", "checkpoint-every": 2}
+    serve(run_config, CrashingGrid(run_config))
+    before = (tmp_path / "done.jsonl").read_bytes()
+    with pytest.raises(CheckpointError, match="lr"):
+        serve({**run_config, "resume": True, "lr": 0.03}, CrashingGrid(run_config))
+    assert (tmp_path / "done.jsonl").read_bytes() == before
+    assert read_results(tmp_path / "done.jsonl")[1]["status"] == "completed"
+
+
+def test_an_out_dir_that_cannot_be_made_stops_the_run_naming_the_key(tmp_path, task_identity) -> None:
+    (tmp_path / "afile").write_text("")
+    run_config = {"dataset": "synthetic", "num-clients": 2, "data-dir": "/unused", "rounds": 2,
+                  "out-dir": str(tmp_path / "afile"), "run-name": "x"}
+    with pytest.raises(ConfigError, match="cannot hold the results") as info:
+        serve(run_config, CrashingGrid(run_config))
+    assert info.value.key == "out-dir"
+
+
+def test_absurd_d_and_run_names_are_refused_naming_the_key() -> None:
+    for values, key in [({"D": 10**9}, "D"), ({"run-name": "x" * 250}, "run-name"), ({"run-name": "a\nb"}, "run-name")]:
+        with pytest.raises(ConfigError) as info:
+            parse_run_config(values)
+        assert info.value.key == key
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".."])

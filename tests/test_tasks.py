@@ -245,3 +245,11 @@ def test_flower_datasets_partitions_run_through_the_app_as_through_the_driver(tm
     (theta,) = result.arrays.to_numpy_ndarrays()
     settings = parse_run_config(run_config)
     assert_same_bits(theta, run_in_process(settings.algorithm, settings.problem, rounds).theta)
+
+
+def test_more_clients_than_training_samples_stops_before_round_one_naming_num_clients(tmp_path: Path) -> None:
+    run_config = {"dataset": "synthetic", "num-clients": 7000, "rounds": 2, "out-dir": str(tmp_path), "run-name": "many"}
+    grid = CountingGrid(client_app, 2, run_config)
+    with pytest.raises(ConfigError, match="cannot split 6000 samples over 7000 workers") as info:
+        run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    assert info.value.key == "num-clients" and grid.pushed == 0

@@ -151,3 +151,70 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(socket_dir: Path, task_
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     assert not path.exists()
+
+
+def test_a_worker_that_does_not_answer_costs_one_timeout_then_the_node_computes_itself(tmp_path: Path,
+                                                                                     socket_dir: Path) -> None:
+    """A stopped (SIGSTOP) or hung warm worker: connections are accepted (the kernel's backlog) but never answered."""
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(socket_dir / "silent.sock"))
+    silent.listen(16)
+    try:
+        expected, _, _ = run_app(tmp_path, "local", {"rounds": 2}, None)
+        run_config = {**RUN_CONFIG, "rounds": 2, "out-dir": str(tmp_path), "run-name": "silent"}
+        grid = InProcessGrid(client_app, 3, run_config)
+        for context in grid.contexts.values():
+            context.node_config.update({WORKER_SOCKET_KEY: str(socket_dir / "silent.sock"), "worker-timeout": 0.2})
+        result = run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
+                                          run_config=run_config))
+    finally:
+        silent.close()
+    (theta,) = result.arrays.to_numpy_ndarrays()
+    assert_same_bits(theta, expected)
+    rows, status = read_results(tmp_path / "silent.jsonl")
+    assert status["status"] == "completed" and sum(row["rejected"] + row["lost"] for row in rows) == 0
+
+
+def test_the_reply_timeout_defaults_to_half_the_round_timeout() -> None:
+    from laq_fl.flower.warm_worker import reply_timeout
+
+    def context(node_config: dict, run_config: dict) -> Context:
+        return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+    assert reply_timeout(context({}, {"round-timeout": 40.0})) == 20.0
+    assert reply_timeout(context({}, {})) == 300.0
+    assert reply_timeout(context({"worker-timeout": 3}, {"round-timeout": 40.0})) == 3.0
+
+
+def test_a_client_stalled_mid_request_does_not_block_the_others(warm_worker: WarmWorkerServer, task_identity) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(str(warm_worker.path))
+        stalled.sendall(MAGIC)  # and nothing more
+        context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3},
+                          state=RecordDict(), run_config=dict(RUN_CONFIG))
+        reply = forward(str(warm_worker.path), Message(identify_content(), 7, MessageType.QUERY), context, timeout=10)
+        assert read_identity(reply).partition == 0
+
+
+def test_a_second_worker_on_a_live_socket_is_refused_and_a_successor_keeps_its_socket(socket_dir: Path) -> None:
+    path = socket_dir / "one.sock"
+    first = WarmWorkerServer(path)
+    thread = threading.Thread(target=first.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(FileExistsError, match="already serves"):
+            WarmWorkerServer(path)
+    finally:
+        first.shutdown()
+    # The first one stopped serving but has not closed yet; a successor replaces its (now dead) socket...
+    first.socket.close()
+    successor = WarmWorkerServer(path)
+    first.server_close()  # ...and the first one's close leaves the successor's socket in place
+    assert path.is_socket()
+    successor.server_close()
+    assert not path.exists()
+
+
+def test_a_socket_path_too_long_is_refused_clearly(socket_dir: Path) -> None:
+    with pytest.raises(ValueError, match="Unix sockets allow at most 107"):
+        WarmWorkerServer(socket_dir / ("d" * 120 + ".sock"))

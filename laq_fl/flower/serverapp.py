@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -76,7 +76,15 @@ def run_server(grid: Grid, context: Context, on_row: Callable[[dict], None] | No
         if opened:
             opened[0].finish("failed", message)
         else:  # stopped before the results file was opened (no nodes, no test data, a refused resume)
-            failure_line(results_path(settings, context.run_id), settings.algorithm.algorithm, message)
+            path = results_path(settings, context.run_id)
+            if settings.resume and path.exists():
+                # The file is the earlier run's record (completed, or cut short): a refused resume leaves it as it is.
+                log(ERROR, "resume refused; %s is left as it was: %s", path, message)
+            else:
+                try:
+                    failure_line(path, settings.algorithm.algorithm, message)
+                except OSError as write_error:  # e.g. an out-dir that cannot be made: the error says so already
+                    log(ERROR, "could not write the failure to %s: %s", path, write_error)
         raise
     finally:
         for results in opened:
@@ -92,6 +100,11 @@ def failure_line(path: Path, algorithm: str, error: str) -> None:
 
 def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[RoundLog],
          on_row: Callable[[dict], None] | None = None) -> Result:
+    out_dir = Path(settings.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError("out-dir", f"{out_dir} cannot hold the results and checkpoints: {error}") from None
     problem = settings.problem
     # The task's module and test data first: a task that does not fit its data stops here, before any node waits.
     initial_theta = flat_model(problem).initial_parameters(problem.init, problem.seed, problem.dtype)
@@ -99,7 +112,8 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
     try:
         sizes = partition_sizes(problem)
     except ValueError as error:
-        raise ConfigError("partition", f"{problem.partition!r} over {problem.num_workers} workers: {error}") from None
+        key = "num-clients" if str(error).startswith("cannot split") else "partition"
+        raise ConfigError(key, f"{problem.partition!r} over {problem.num_workers} workers: {error}") from None
     log(INFO, "Partition %s: %d workers with %d..%d training samples", problem.partition, len(sizes), min(sizes),
         max(sizes))
 
