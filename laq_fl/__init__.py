@@ -7,8 +7,9 @@ lives here with no Flower import; ``client_app.py`` and ``server_app.py`` adapt 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from laq_fl._lazy import lazy_getattr
 
 # Names load on first use (PEP 562), so that importing a light module (the ClientApp's forwarder to a warm worker,
 # laq_fl.flower.warm_worker) does not import torch, which costs seconds in every short-lived flwr-clientapp.
@@ -45,13 +46,7 @@ if TYPE_CHECKING:
     from laq_fl.worker import WorkerParts, WorkerState, local_round, worker_round
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'laq_fl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr('laq_fl', _MODULE_OF, globals())
 
 
 __all__ = [

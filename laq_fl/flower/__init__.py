@@ -6,8 +6,9 @@ one level up and runs without Flower.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from laq_fl._lazy import lazy_getattr
 
 # Loaded on first use (PEP 562): a ClientApp served by a warm worker imports only warm_worker, never torch.
 _MODULE_OF = {"handle_train": "laq_fl.flower.client", "InProcessGrid": "laq_fl.flower.grid",
@@ -20,13 +21,7 @@ if TYPE_CHECKING:
     from laq_fl.flower.strategy import LaqStrategy
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'laq_fl.flower' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr('laq_fl.flower', _MODULE_OF, globals())
 
 
 __all__ = ["InProcessGrid", "LaqStrategy", "handle_train", "run_server"]
