@@ -1,7 +1,7 @@
 """LIBSVM (svmlight) files read with scikit-learn, with errors that name the file and the line.
 
 A data set ``NAME`` is a training file and, when there is one, a test file named as the LIBSVM data sets page names
-them: ``NAME`` and ``NAME.t``, each optionally bzip2-compressed (``.bz2``). Without a test file the last
+them: ``NAME`` and ``NAME.t``, each optionally compressed (``.bz2`` or ``.gz``). Without a test file the last
 :data:`HELD_OUT` of the training rows are the test set (a fixed split, so every node and the server agree).
 Binary labels (any two values, e.g. -1/+1 or 1/2) become 0 and 1 (the smaller is 0); more than two values are
 refused here (a multi-class LIBSVM task would map them to 0..C-1 the same way).
@@ -14,6 +14,7 @@ milliseconds, which matters where every message runs in a new process.
 from __future__ import annotations
 
 import bz2
+import gzip
 import hashlib
 import json
 import os
@@ -32,18 +33,25 @@ class LibsvmFormatError(ValueError):
     """A line of a LIBSVM file is not ``label index:value ...``; the message names the file and the line."""
 
 
+COMPRESSED = (".bz2", ".gz")
+
+
 def test_file_of(train: Path) -> Path | None:
-    """``NAME.t`` or ``NAME.t.bz2`` beside ``train`` (``NAME`` or ``NAME.bz2``), if it exists."""
-    stem = train.name[:-4] if train.name.endswith(".bz2") else train.name
-    for name in (f"{stem}.t", f"{stem}.t.bz2"):
+    """``NAME.t``, ``NAME.t.bz2`` or ``NAME.t.gz`` beside ``train`` (``NAME``, ``NAME.bz2`` or ``NAME.gz``), if it
+    exists."""
+    stem = next((train.name[: -len(suffix)] for suffix in COMPRESSED if train.name.endswith(suffix)), train.name)
+    for name in (f"{stem}.t", *(f"{stem}.t{suffix}" for suffix in COMPRESSED)):
         if (train.parent / name).is_file():
             return train.parent / name
     return None
 
 
 def _open_text(path: Path):
-    return bz2.open(path, "rt", encoding="utf-8", errors="replace") if path.suffix == ".bz2" else path.open(
-        encoding="utf-8", errors="replace")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
 
 
 def first_malformed_line(path: Path) -> tuple[int, str] | None:
@@ -66,7 +74,8 @@ def _parse(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
             if bad is not None:
                 raise LibsvmFormatError(f"{path}, line {bad[0]}: not 'label index:value ...' "
                                         f"({error}): {bad[1]!r}") from None
-        raise LibsvmFormatError(f"{', '.join(map(str, paths))}: {error}") from None
+        hint = " (LIBSVM feature indices start at 1)" if "index 0" in str(error) else ""
+        raise LibsvmFormatError(f"{', '.join(map(str, paths))}: {error}{hint}") from None
     return [(np.asarray(loaded[i].todense(), np.float32), np.asarray(loaded[i + 1])) for i in range(0, len(loaded), 2)]
 
 

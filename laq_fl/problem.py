@@ -14,7 +14,7 @@ from laq_fl.config import ProblemConfig
 from laq_fl.data import Dataset, _cached_partitions, load_partition, partition_indices
 from laq_fl.devices import resolve_device
 from laq_fl.models import FlatModel, LocalObjective, evaluate
-from laq_fl.tasks import BuiltinTask, Task, check_fit, resolve_task
+from laq_fl.tasks import BuiltinTask, Task, build_task_module, check_fit, load_task_dataset, resolve_task
 
 
 def task_of(config: ProblemConfig) -> Task:
@@ -24,13 +24,13 @@ def task_of(config: ProblemConfig) -> Task:
 
 def flat_model(config: ProblemConfig) -> FlatModel:
     """A fresh instance of the task's module, with its flat-vector layout."""
-    return FlatModel(task_of(config).build_module())
+    return FlatModel(build_task_module(task_of(config)))
 
 
 @functools.lru_cache(maxsize=8)
 def task_dataset(task: Task, data_dir: str, seed: int) -> Dataset:
     """The task's data, loaded once per process (the same :class:`Task` object comes back from resolve_task)."""
-    return task.load_dataset(data_dir, seed)
+    return load_task_dataset(task, data_dir, seed)
 
 
 @functools.lru_cache(maxsize=None)

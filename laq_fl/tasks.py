@@ -48,8 +48,52 @@ from laq_fl.data import Dataset, DatasetNotFoundError, load_dataset
 from laq_fl.models import build_module
 
 
-class TaskError(ValueError):
-    """A task's module and data do not fit together (feature or class count, dtypes, empty sets)."""
+class TaskError(ConfigError):
+    """A task that cannot run: its module and data do not fit (feature or class count, dtypes, empty sets,
+    non-finite values), or building or loading them failed. A :class:`~laq_fl.config.ConfigError` of key ``task``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("task", message)
+
+
+def build_task_module(task: Task) -> nn.Module:
+    """``task.build_module()``, checked: a torch module with at least one parameter and no buffers, in eval mode.
+
+    Buffers (BatchNorm's running statistics) are refused: only parameters travel, as one flat vector, so a buffer
+    would differ from node to node. Eval mode switches dropout off, so that every runner computes the same bits.
+    Raises :class:`TaskError`."""
+    try:
+        module = task.build_module()
+    except Exception as error:  # noqa: BLE001 - the user's code: say whose it is
+        raise TaskError(f"{task.key}: build_module() raised {type(error).__name__}: {error}") from error
+    if not isinstance(module, nn.Module):
+        raise TaskError(f"{task.key}: build_module() must return a torch.nn.Module, got {type(module).__name__}")
+    if not any(True for _ in module.parameters()):
+        raise TaskError(f"{task.key}: the module has no parameters: there is nothing to learn")
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise TaskError(f"{task.key}: the module has buffers ({', '.join(buffers[:3])}); only parameters travel, so "
+                        "running statistics would differ between nodes: use LayerNorm or GroupNorm instead of BatchNorm")
+    return module.eval()
+
+
+def load_task_dataset(task: Task, data_dir: str, seed: int) -> Dataset:
+    """``task.load_dataset(data_dir, seed)``, checked to be a :class:`~laq_fl.data.Dataset` of torch tensors.
+    A missing data set raises :class:`~laq_fl.data.DatasetNotFoundError` as the task raised it; anything else the
+    task raises becomes a :class:`TaskError`."""
+    try:
+        dataset = task.load_dataset(data_dir, seed)
+    except (DatasetNotFoundError, ConfigError):
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's code: say whose it is
+        raise TaskError(f"{task.key}: load_dataset() raised {type(error).__name__}: {error}") from error
+    if not isinstance(dataset, Dataset):
+        raise TaskError(f"{task.key}: load_dataset() must return a laq_fl.data.Dataset, got {type(dataset).__name__}")
+    for field in ("train_features", "train_labels", "test_features", "test_labels"):
+        if not isinstance(getattr(dataset, field), torch.Tensor):
+            raise TaskError(f"{task.key}: Dataset.{field} must be a torch.Tensor, got "
+                            f"{type(getattr(dataset, field)).__name__} (convert numpy arrays with torch.from_numpy)")
+    return dataset
 
 
 class Task(ABC):
@@ -112,7 +156,7 @@ class BinaryLogisticTask(Task):
         if path.is_absolute():
             return path
         if data_dir is None:
-            raise TaskError(f"task {self.name}: {self.path} is relative to data-dir, so the feature count must be given")
+            raise TaskError(f"{self.name}: {self.path} is relative to data-dir, so the feature count must be given")
         return Path(data_dir).expanduser() / path
 
     @property
@@ -219,26 +263,52 @@ def check_fit(task: Task, module: nn.Module, dataset: Dataset) -> None:
     for part in ("train", "test"):
         features, labels = getattr(dataset, f"{part}_features"), getattr(dataset, f"{part}_labels")
         if features.shape[0] == 0 or features.shape[0] != labels.shape[0]:
-            raise TaskError(f"task {task.key}: the {part} set has {features.shape[0]} feature rows and "
-                            f"{labels.shape[0]} labels (need as many, at least one)")
+            raise TaskError(f"{task.key}: the {part} set has {features.shape[0]} feature rows and "
+                            f"{labels.shape[0]} labels (need as many, at least one; a LIBSVM file needs enough "
+                            "rows or a test file FILE.t beside it)")
         if labels.dtype != torch.int64 or not torch.is_floating_point(features):
-            raise TaskError(f"task {task.key}: {part} features must be float and labels int64, got "
+            raise TaskError(f"{task.key}: {part} features must be a float tensor and labels an int64 tensor, got "
                             f"{features.dtype} and {labels.dtype}")
+        if labels.dim() != 1:
+            raise TaskError(f"{task.key}: {part} labels must be one class index per sample, shape (N,), got "
+                            f"{tuple(labels.shape)}")
+        if not bool(torch.isfinite(features).all()):
+            raise TaskError(f"{task.key}: the {part} features hold NaN or infinite values; clean the data first")
     if dataset.train_features.shape[1:] != dataset.test_features.shape[1:]:
-        raise TaskError(f"task {task.key}: train features are {tuple(dataset.train_features.shape[1:])} per "
+        raise TaskError(f"{task.key}: train features are {tuple(dataset.train_features.shape[1:])} per "
                         f"sample, test features {tuple(dataset.test_features.shape[1:])}")
+    # Two samples with the lowest and the highest label, so that the loss meets the whole label range.
+    labels = dataset.train_labels
+    pick = torch.stack([labels.argmin(), labels.argmax()])
     try:
         with torch.no_grad():
-            logits = module(dataset.train_features[:2].to(torch.float32))
-    except RuntimeError as error:
-        raise TaskError(f"task {task.key}: the module does not take the data's features "
-                        f"({tuple(dataset.train_features.shape[1:])} per sample): {error}") from error
-    if logits.dim() != 2 or logits.shape[0] != min(2, dataset.train_features.shape[0]):
-        raise TaskError(f"task {task.key}: the module must return logits of shape (N, classes), got "
+            logits = module(dataset.train_features[pick].to(next(module.parameters()).dtype))
+    except Exception as error:  # noqa: BLE001 - the user's module
+        raise TaskError(f"{task.key}: the module does not take the data's features "
+                        f"({tuple(dataset.train_features.shape[1:])} per sample): {type(error).__name__}: {error}"
+                        ) from error
+    if logits.dim() != 2 or logits.shape[0] != 2:
+        raise TaskError(f"{task.key}: the module must return logits of shape (N, classes), got "
                         f"{tuple(logits.shape)} for N = 2")
+    if logits.shape[1] == 1 and type(task).loss is Task.loss:
+        raise TaskError(f"{task.key}: the module returns one logit, but the loss is the default cross-entropy over "
+                        "classes: return one logit per class, or override loss() and predict() for a binary task "
+                        "(as laq_fl.tasks.BinaryLogisticTask does)")
     num_classes = logits.shape[1] if logits.shape[1] > 1 else 2  # one logit: a binary task, labels 0 and 1
     highest = int(max(dataset.train_labels.max(), dataset.test_labels.max()))
     lowest = int(min(dataset.train_labels.min(), dataset.test_labels.min()))
     if lowest < 0 or highest >= num_classes:
-        raise TaskError(f"task {task.key}: labels run from {lowest} to {highest}, but the module has "
+        raise TaskError(f"{task.key}: labels run from {lowest} to {highest}, but the module has "
                         f"{num_classes} outputs (labels must lie in 0..{num_classes - 1})")
+    try:
+        with torch.no_grad():
+            value = task.loss(logits, labels[pick])
+            predicted = task.predict(logits)
+    except Exception as error:  # noqa: BLE001 - the user's loss
+        raise TaskError(f"{task.key}: loss() or predict() failed on two samples: {type(error).__name__}: {error}"
+                        ) from error
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise TaskError(f"{task.key}: loss() must return the mean over the samples, a scalar tensor; got "
+                        f"{getattr(value, 'shape', type(value).__name__)}")
+    if not isinstance(predicted, torch.Tensor) or tuple(predicted.shape) != (2,):
+        raise TaskError(f"{task.key}: predict() must return one label per sample, shape (N,)")

@@ -137,6 +137,83 @@ misfit_classes = _Misfit("misfit-classes", outputs=3, features=4)
 misfit_features = _Misfit("misfit-features", outputs=5, features=7)
 
 
+class _Variant(_Misfit):
+    """A task that fits (5 outputs, 4 features) but for one mistake."""
+
+    def __init__(self, name: str, mistake: str) -> None:
+        super().__init__(name, outputs=5, features=4)
+        self.mistake = mistake
+
+    def build_module(self) -> nn.Module:
+        if self.mistake == "one-logit":
+            return nn.Linear(4, 1)
+        if self.mistake == "dropout":
+            return nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5))
+        if self.mistake == "batchnorm":
+            return nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5))
+        if self.mistake == "no-parameters":
+            return nn.Identity()
+        if self.mistake == "build-raises":
+            raise FileNotFoundError("weights.pt")
+        return super().build_module()
+
+    def load_dataset(self, data_dir: str, seed: int) -> Dataset:
+        data = super().load_dataset(data_dir, seed)
+        if self.mistake == "one-logit":
+            return Dataset(self.name, data.train_features, data.train_labels % 2, data.test_features,
+                           data.test_labels % 2)
+        if self.mistake == "column-labels":
+            return Dataset(self.name, data.train_features, data.train_labels[:, None], data.test_features,
+                           data.test_labels[:, None])
+        if self.mistake == "nan":
+            features = data.train_features.clone()
+            features[3, 1] = float("nan")
+            return Dataset(self.name, features, data.train_labels, data.test_features, data.test_labels)
+        if self.mistake == "numpy":
+            return Dataset(self.name, data.train_features.numpy(), data.train_labels, data.test_features,
+                           data.test_labels)
+        if self.mistake == "tuple":
+            return (data.train_features, data.train_labels)
+        return data
+
+
+
+class _PerSampleLoss(_Variant):
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+MISTAKES = {
+    "one-logit": "one logit, but the loss is the default cross-entropy",
+    "column-labels": r"labels must be one class index per sample, shape \(N,\)",
+    "nan": "NaN or infinite values",
+    "numpy": "must be a torch.Tensor, got ndarray",
+    "tuple": "must return a laq_fl.data.Dataset, got tuple",
+    "batchnorm": "has buffers",
+    "no-parameters": "no parameters",
+    "build-raises": "build_module\\(\\) raised FileNotFoundError: weights.pt",
+    "per-sample-loss": "must return the mean over the samples",
+}
+for _mistake in MISTAKES:
+    globals()[f"variant_{_mistake.replace('-', '_')}"] = _Variant(f"variant-{_mistake}", _mistake)
+variant_dropout = _Variant("variant-dropout", "dropout")
+variant_per_sample_loss = _PerSampleLoss("variant-per-sample-loss", "per-sample-loss")
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_task_mistake_is_named_before_round_one(mistake: str) -> None:
+    with pytest.raises(ConfigError, match=MISTAKES[mistake]) as info:
+        build_problem(ProblemConfig(task=f"{__name__}:variant_{mistake.replace('-', '_')}", num_workers=2))
+    assert info.value.key == "task"
+
+
+def test_dropout_is_off_so_runs_repeat_bit_for_bit() -> None:
+    config = ProblemConfig(task=f"{__name__}:variant_dropout", num_workers=2)
+    first = run_in_process(AlgorithmConfig(algorithm="laq", lr=0.1), config, 5)
+    second = run_in_process(AlgorithmConfig(algorithm="laq", lr=0.1), config, 5)
+    assert_same_bits(first.theta, second.theta)
+
+
 @pytest.mark.parametrize(("attribute", "match"), [
     ("misfit_classes", "labels run from 0 to 4, but the module has 3 outputs"),
     ("misfit_features", r"does not take the data's features \(\(7,\) per sample\)"),
@@ -144,8 +221,9 @@ misfit_features = _Misfit("misfit-features", outputs=5, features=7)
 def test_a_task_whose_model_and_data_do_not_fit_stops_before_round_one(tmp_path: Path, attribute: str,
                                                                        match: str) -> None:
     spec = f"{__name__}:{attribute}"
-    with pytest.raises(TaskError, match=match):
+    with pytest.raises(TaskError, match=match) as info:
         build_problem(ProblemConfig(task=spec, num_workers=2))
+    assert info.value.key == "task"
     run_config = {"task": spec, "num-clients": 2, "rounds": 3, "out-dir": str(tmp_path), "run-name": "misfit"}
     grid = CountingGrid(client_app, 2, run_config)
     with pytest.raises(TaskError, match=match):
@@ -253,3 +331,22 @@ def test_more_clients_than_training_samples_stops_before_round_one_naming_num_cl
     with pytest.raises(ConfigError, match="cannot split 6000 samples over 7000 workers") as info:
         run_server(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
     assert info.value.key == "num-clients" and grid.pushed == 0
+
+
+def test_a_gzip_libsvm_file_finds_its_gzip_test_file(tmp_path: Path) -> None:
+    import gzip
+
+    from laq_fl.libsvm import test_file_of
+
+    for name in ("mine.gz", "mine.t.gz"):
+        with gzip.open(tmp_path / name, "wt") as file:
+            file.write("+1 1:0.5\n-1 1:-0.5\n")
+    assert test_file_of(tmp_path / "mine.gz") == tmp_path / "mine.t.gz"
+    dataset = resolve_task(f"libsvm:{tmp_path / 'mine.gz'}").load_dataset(str(tmp_path), 0)
+    assert dataset.train_labels.tolist() == [1, 0] and dataset.test_labels.tolist() == [1, 0]
+
+
+def test_zero_based_libsvm_indices_get_a_hint(tmp_path: Path) -> None:
+    train = write_libsvm(tmp_path / "zero", ["+1 0:0.5 1:0.25", "-1 0:0.1 1:0.3"])
+    with pytest.raises(ConfigError, match="indices start at 1"):
+        parse_run_config({"task": f"libsvm:{train}"})

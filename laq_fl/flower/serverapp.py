@@ -111,7 +111,7 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
     evaluate_theta = test_evaluator(problem)
     try:
         sizes = partition_sizes(problem)
-    except ValueError as error:
+    except (ValueError, ZeroDivisionError, IndexError) as error:  # Flower Datasets' partitioners raise all three
         key = "num-clients" if str(error).startswith("cannot split") else "partition"
         raise ConfigError(key, f"{problem.partition!r} over {problem.num_workers} workers: {error}") from None
     log(INFO, "Partition %s: %d workers with %d..%d training samples", problem.partition, len(sizes), min(sizes),
