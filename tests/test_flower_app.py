@@ -114,7 +114,7 @@ def test_lost_replies_resync_and_the_run_goes_on(task_identity) -> None:
 
 BAD_VALUES = [
     ("bits", 0), ("bits", 17), ("bits", 31), ("lr", 0.0), ("lr", -1.0), ("xi-sum", -0.1), ("D", 0), ("t-bar", 0),
-    ("algorithm", "adam"), ("model", "cnn"), ("partition", "shards"), ("num-clients", 0), ("rounds", 0),
+    ("algorithm", "adam"), ("model", "resnet"), ("partition", "shards"), ("task", "mnist-resnet"), ("device", "gpu"), ("num-clients", 0), ("rounds", 0),
     ("dtype", "float16"), ("lambda", -1.0), ("batch-size", 0), ("data-dir", "relative/path"), ("bits", "four"),
     ("no-such-key", 1), ("xi-warmup", "yes"), ("xi-warmup", 1), ("density", 0.0), ("density", 1.5), ("bits", 1.5),
     ("algorithm", "LAQ"), ("density", float("nan")), ("lr", float("inf")), ("downlink-bits", 0), ("downlink-bits", 1), ("downlink-bits", 17),
