@@ -178,10 +178,11 @@ def _flower_datasets_partition(labels: np.ndarray, num_workers: int, scheme: str
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_partitions(
+def cached_partitions(
     dataset: str, data_dir: str, scheme: str, num_workers: int, seed: int, alpha: float,
     classes_per_partition: int = 2, shards_per_partition: int = 2,
 ) -> tuple[np.ndarray, ...]:
+    """Each worker's sample indices of a built-in data set under a partition, once per process."""
     labels = load_dataset(dataset, data_dir, seed).train_labels.numpy()
     return tuple(partition_indices(labels, num_workers, scheme, seed, alpha, classes_per_partition,
                                    shards_per_partition))
@@ -256,7 +257,7 @@ def _compute_partition(dataset: str, data_dir: str, scheme: str, num_workers: in
                        alpha: float, classes_per_partition: int = 2, shards_per_partition: int = 2
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_dataset(dataset, data_dir, seed)
-    index = torch.from_numpy(_cached_partitions(dataset, data_dir, scheme, num_workers, seed, alpha,
+    index = torch.from_numpy(cached_partitions(dataset, data_dir, scheme, num_workers, seed, alpha,
                                                 classes_per_partition, shards_per_partition)[worker])
     return data.train_features[index], data.train_labels[index]
 

@@ -11,10 +11,17 @@ import torch
 from torch.nn import functional as F
 
 from laq_fl.config import ProblemConfig
-from laq_fl.data import Dataset, _cached_partitions, load_partition, partition_indices
+from laq_fl.data import Dataset, cached_partitions, load_partition, partition_indices
 from laq_fl.devices import resolve_device
 from laq_fl.models import FlatModel, LocalObjective, evaluate
-from laq_fl.tasks import BuiltinTask, Task, build_task_module, check_fit, load_task_dataset, resolve_task
+from laq_fl.tasks import (
+    BuiltinTask,
+    Task,
+    build_task_module,
+    check_fit,
+    load_task_dataset,
+    resolve_task,
+)
 
 
 def task_of(config: ProblemConfig) -> Task:
@@ -58,7 +65,7 @@ def partition_sizes(config: ProblemConfig) -> list[int]:
     Raises ValueError when the partition cannot be made (the server checks this before round 1)."""
     task = task_of(config)
     if isinstance(task, BuiltinTask):
-        shards = _cached_partitions(task.dataset, config.data_dir, config.partition, config.num_workers, config.seed,
+        shards = cached_partitions(task.dataset, config.data_dir, config.partition, config.num_workers, config.seed,
                                     config.dirichlet_alpha, config.classes_per_partition, config.shards_per_partition)
     else:
         shards = _task_partitions(task, config)
