@@ -45,6 +45,8 @@ def pack_levels(levels: np.ndarray, bits: int) -> bytes:
         return levels.astype(np.uint8, copy=False).tobytes()
     if bits == 16:
         return levels.astype(">u2", copy=False).tobytes()
+    if 8 % bits == 0:
+        return _pack_whole_bytes(levels.astype(np.uint8, copy=False), bits).tobytes()
     if bits < 8:
         # One row of 8 bits per level; keep the low ``bits`` columns, then pack row-major.
         bit_rows = np.unpackbits(levels.astype(np.uint8, copy=False)[:, None], axis=1)
@@ -67,12 +69,36 @@ def unpack_levels(data: bytes | bytearray | memoryview | np.ndarray, bits: int, 
         return buffer.copy()
     if bits == 16:
         return buffer.view(">u2").astype(np.uint16)
+    if 8 % bits == 0:
+        return _unpack_whole_bytes(buffer, bits, count)
     bit_rows = np.unpackbits(buffer, count=bits * count).reshape(count, bits)
     # packbits pads each row on the right, so a level comes out left-aligned in 8 or 16 bits.
     if bits < 8:
         return np.packbits(bit_rows, axis=1).reshape(count) >> np.uint8(8 - bits)
     left_aligned = np.packbits(bit_rows, axis=1).reshape(-1).view(">u2")
     return (left_aligned >> np.uint16(16 - bits)).astype(np.uint16)
+
+
+def _pack_whole_bytes(levels: np.ndarray, bits: int) -> np.ndarray:
+    """1, 2 or 4 bits: ``8 / bits`` codes per byte, shifted into place (several times faster than bit rows)."""
+    per_byte = 8 // bits
+    padded = np.zeros(-(-levels.size // per_byte) * per_byte, np.uint8)
+    padded[: levels.size] = levels
+    columns = padded.reshape(-1, per_byte)
+    packed = columns[:, 0] << np.uint8(8 - bits)
+    for column in range(1, per_byte):
+        packed |= columns[:, column] << np.uint8(8 - bits * (column + 1))
+    return packed
+
+
+def _unpack_whole_bytes(buffer: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`_pack_whole_bytes`."""
+    per_byte = 8 // bits
+    mask = np.uint8(2**bits - 1)
+    levels = np.empty((buffer.size, per_byte), np.uint8)
+    for column in range(per_byte):
+        np.bitwise_and(buffer >> np.uint8(8 - bits * (column + 1)), mask, out=levels[:, column])
+    return levels.reshape(-1)[:count]
 
 
 def as_byte_array(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:

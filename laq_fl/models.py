@@ -19,6 +19,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from laq_fl.norms import squared_norm
+
 NUM_FEATURES = 784
 NUM_CLASSES = 10
 HIDDEN_UNITS = 200
@@ -139,8 +141,7 @@ class LocalObjective:
         return float(self.data_loss(logits, labels)) + self._regulariser(theta)
 
     def _regulariser(self, theta: np.ndarray) -> float:
-        theta64 = theta.astype(np.float64)
-        return 0.5 * self.lam * float(np.dot(theta64, theta64))
+        return 0.5 * self.lam * squared_norm(theta)
 
 
 @torch.no_grad()

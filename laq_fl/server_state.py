@@ -11,6 +11,7 @@ from laq_fl.codec import PayloadError
 from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
+from laq_fl.norms import norm, squared_norm
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 
@@ -206,9 +207,9 @@ class ServerState:
         iterate = self.iterate
         last = self.upload_iterates.get(worker)
         if previous is not None and last is not None and worker not in self.out_of_sync:
-            moved = float(np.linalg.norm(iterate.astype(np.float64) - last))
+            moved = norm(iterate.astype(np.float64) - last)
             if moved > 0:
-                change = float(np.linalg.norm(new_copy.astype(np.float64) - previous))
+                change = norm(new_copy.astype(np.float64) - previous)
                 self.smoothness[worker] = max(self.smoothness.get(worker, 0.0), change / moved)
         self.upload_iterates[worker] = iterate.copy()
 
@@ -329,7 +330,7 @@ class ServerState:
         if self.downlink is not None:
             self.downlink.step(new_theta)
         difference = new_theta.astype(np.float64) - self.theta
-        self.recent_sq_diffs.appendleft(float(np.dot(difference, difference)))
+        self.recent_sq_diffs.appendleft(squared_norm(difference))
         self.theta = new_theta
         self.iteration += 1
         return new_theta

@@ -46,6 +46,8 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from laq_fl.norms import squared_norm
+
 DEFAULT_D = 10
 DEFAULT_XI_SUM = 0.8
 DEFAULT_T_BAR = 100
@@ -213,7 +215,7 @@ class IterateDistance(ServerHalf):
         if last is None or lipschitz is None:
             return instruction
         moved = server.iterate.astype(np.float64) - last
-        return None if lipschitz * lipschitz * float(np.dot(moved, moved)) <= threshold else instruction
+        return None if lipschitz * lipschitz * squared_norm(moved) <= threshold else instruction
 
 
 class NeverSkip(WorkerHalf):

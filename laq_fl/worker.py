@@ -20,6 +20,7 @@ import numpy as np
 from laq_fl.compressors import Compressor, NonFiniteError
 from laq_fl.downlink import NO_VERSION, Broadcast, StaleIterateError, receive, state_checksum
 from laq_fl.memory import Memory
+from laq_fl.norms import squared_norm
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
 COPY_KEY = "copy"
@@ -187,12 +188,12 @@ def worker_round(
     if not np.isfinite(new_copy).all():  # the server would refuse this copy: say so instead of sending it
         raise NonFiniteError(f"the new copy Q_hat + Q(innovation) overflows {new_copy.dtype}")
     error = gradient - new_copy
-    error_sq = float(np.dot(error, error))
+    error_sq = squared_norm(error)
     if instruction.reset:
         state.reset()
     if not instruction.force_upload:
         innovation = new_copy - state.copy.astype(np.float64)
-        evidence = Evidence(float(np.dot(innovation, innovation)), error_sq, state.last_error_sq, same_sample_change)
+        evidence = Evidence(squared_norm(innovation), error_sq, state.last_error_sq, same_sample_change)
         if parts.rule.skip(evidence, instruction.threshold):
             return None
     parts.memory.update(state, target, new_copy)
@@ -227,7 +228,7 @@ def local_round(
         else:
             _, stale = objective.loss_and_gradient(state.theta_hat, batch)
             stale -= grad
-            change = float(np.dot(stale.astype(np.float64), stale))
+            change = squared_norm(stale)
     payload = worker_round(state, grad, parts, instruction, same_sample_change=change, rng=rng)
     if payload is not None and same_sample:
         state.theta_hat = np.array(theta, copy=True)

@@ -40,6 +40,16 @@ def test_wire_bytes_pinned_for_every_width(bits: int) -> None:
     np.testing.assert_array_equal(unpack_levels(bit_string_reference(levels, bits), bits, len(levels)), levels)
 
 
+@pytest.mark.parametrize("bits", range(1, 17))
+@pytest.mark.parametrize("count", [1, 5, 1001])
+def test_wire_bytes_match_the_reference_on_random_levels(bits: int, count: int) -> None:
+    # Each width has its own fast path (whole bytes for 1, 2, 4, 8 and 16 bits; bit rows otherwise): all must
+    # write the same layout, including the padding of the last byte.
+    levels = np.random.default_rng(bits * 7919 + count).integers(0, 2**bits, size=count)
+    packed = pack_levels(levels.astype(np.uint16 if bits > 8 else np.uint8), bits)
+    assert packed == bit_string_reference(levels.tolist(), bits)
+    np.testing.assert_array_equal(unpack_levels(packed, bits, count), levels)
+
 def test_hand_derived_layouts() -> None:
     # levels 1, 2, 3 at 3 bits -> 001 010 011 + 7 zero bits of padding
     assert pack_levels(np.array([1, 2, 3], np.uint8), 3) == bytes([0b00101001, 0b10000000])

@@ -16,6 +16,7 @@ import numpy as np
 
 from laq_fl.codec import MAX_CODE_BITS, PayloadError, level_dtype, pack_levels, unpack_levels
 from laq_fl.compressors.base import SCALE_BYTES, Compressed, Compressor, check_int, check_size, read_scale, scale_bytes
+from laq_fl.norms import norm as l2_norm
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Qsgd(Compressor):
 
     def _compress(self, values: np.ndarray, rng: np.random.Generator | None) -> Compressed:
         s = self.levels
-        norm = np.float32(np.linalg.norm(values))
+        norm = np.float32(l2_norm(values))
         codes = np.full(values.shape, s, np.int64)
         if norm > 0:
             scaled = np.abs(values) * (s / float(norm))
@@ -75,5 +76,5 @@ class Qsgd(Compressor):
         return 32 + self.bits * size
 
     def error_bound(self, vector: np.ndarray) -> float:
-        norm = float(np.linalg.norm(vector.astype(np.float64)))
+        norm = l2_norm(vector)
         return float(np.float32(norm)) / self.levels if np.float32(norm) > 0 else norm  # below float32's range: 0
