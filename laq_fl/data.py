@@ -173,8 +173,17 @@ def _flower_datasets_partition(labels: np.ndarray, num_workers: int, scheme: str
     partitioner.dataset = table
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # pyarrow's deprecation notes inside the partitioners
-        return [np.sort(np.asarray(partitioner.load_partition(worker)["index"], dtype=np.int64))
-                for worker in range(num_workers)]
+        # The Dirichlet partitioner warns on every failed draw; the error below says it once, in our terms.
+        warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
+        try:
+            return [np.sort(np.asarray(partitioner.load_partition(worker)["index"], dtype=np.int64))
+                    for worker in range(num_workers)]
+        except ValueError as error:
+            if scheme == "dirichlet" and "max number of attempts" in str(error):
+                raise ValueError(f"no Dirichlet(alpha = {alpha}) draw gave each of {num_workers} workers a sample "
+                                 f"of the {len(labels)} (Flower Datasets tries 10 times); use fewer clients or a "
+                                 f"larger dirichlet-alpha") from None
+            raise
 
 
 @functools.lru_cache(maxsize=None)

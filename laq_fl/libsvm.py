@@ -29,6 +29,9 @@ HELD_OUT = 0.2
 _LINE = re.compile(r"^\s*[-+]?[0-9.eE+-]+(\s+qid:\d+)?(\s+\d+:[-+]?([0-9]*\.?[0-9]+([eE][-+]?\d+)?|nan|inf))*\s*(#.*)?$")
 
 
+_INDEX = re.compile(r"\s(\d+):")
+
+
 class LibsvmFormatError(ValueError):
     """A line of a LIBSVM file is not ``label index:value ...``; the message names the file and the line."""
 
@@ -54,12 +57,18 @@ def _open_text(path: Path):
     return path.open(encoding="utf-8", errors="replace")
 
 
-def first_malformed_line(path: Path) -> tuple[int, str] | None:
-    """The 1-based number and text of the first line of ``path`` that is not LIBSVM, or ``None``."""
+def first_malformed_line(path: Path) -> tuple[int, str, str] | None:
+    """The 1-based number, text and fault of the first line of ``path`` that is not LIBSVM (``label index:value
+    ...`` with increasing indices), or ``None``."""
     with _open_text(path) as lines:
         for number, line in enumerate(lines, 1):
-            if line.strip() and not _LINE.match(line):
-                return number, line.rstrip("\n")[:120]
+            if not line.strip():
+                continue
+            if not _LINE.match(line):
+                return number, line.rstrip("\n")[:120], "not 'label index:value ...'"
+            indices = [int(index) for index in _INDEX.findall(line.split("#", 1)[0])]
+            if any(later <= earlier for earlier, later in zip(indices, indices[1:])):
+                return number, line.rstrip("\n")[:120], "feature indices must increase along a line"
     return None
 
 
@@ -72,8 +81,7 @@ def _parse(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         for path in paths:
             bad = first_malformed_line(path)
             if bad is not None:
-                raise LibsvmFormatError(f"{path}, line {bad[0]}: not 'label index:value ...' "
-                                        f"({error}): {bad[1]!r}") from None
+                raise LibsvmFormatError(f"{path}, line {bad[0]}: {bad[2]} ({error}): {bad[1]!r}") from None
         hint = " (LIBSVM feature indices start at 1)" if "index 0" in str(error) else ""
         raise LibsvmFormatError(f"{', '.join(map(str, paths))}: {error}{hint}") from None
     return [(np.asarray(loaded[i].todense(), np.float32), np.asarray(loaded[i + 1])) for i in range(0, len(loaded), 2)]

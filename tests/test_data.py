@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,14 @@ def test_dirichlet_covers_and_skews(alpha: float) -> None:
         assert spread > 0.1  # strongly label-skewed
     if alpha >= 100:
         assert spread < 0.05  # close to iid
+
+
+def test_a_dirichlet_partition_with_too_many_workers_says_what_to_change() -> None:
+    labels = np.random.default_rng(0).integers(0, 10, 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one error, not a warning per failed draw
+        with pytest.raises(ValueError, match="150 workers .* fewer clients or a larger dirichlet-alpha"):
+            partition_indices(labels, 150, "dirichlet", seed=0, alpha=0.5)
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3])

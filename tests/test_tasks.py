@@ -297,6 +297,12 @@ def test_a_malformed_libsvm_line_is_named_with_its_file_and_number(tmp_path: Pat
     assert info.value.key == "task"
 
 
+def test_a_libsvm_line_with_unsorted_indices_is_named_with_its_file_and_number(tmp_path: Path) -> None:
+    # scikit-learn refuses unsorted indices without saying where; we find the line.
+    train = write_libsvm(tmp_path / "unsorted", ["+1 1:0.5 3:0.25", "-1 qid:2 1:0.1 2:0.3", "-1 2:0.2 1:0.4", "+1 2:1"])
+    with pytest.raises(ConfigError, match=rf"{train}, line 3: feature indices must increase .*'-1 2:0.2 1:0.4'"):
+        parse_run_config({"task": f"libsvm:{train}"})
+
 def test_a_libsvm_task_needs_an_absolute_path_and_a_file() -> None:
     with pytest.raises(ConfigError, match="absolute path"):
         parse_run_config({"task": "libsvm:relative/file"})
