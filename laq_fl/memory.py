@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from laq_fl.arrays import cast
+
 if TYPE_CHECKING:
     from laq_fl.worker import WorkerState
 
@@ -41,11 +43,12 @@ class Memory(ABC):
         """The float64 vector to compress, shape ``(p,)``, from the gradient (float64) and the worker's state."""
 
     def reconstruct(self, previous: np.ndarray | None, decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """The new ``Q_hat`` in ``dtype`` from the previous copy (``None``: none yet) and the decoded vector.
+        """The new ``Q_hat`` in ``dtype`` from the previous copy (``None``: none yet) and the decoded vector
+        (numpy arrays, or torch tensors on one device, :mod:`laq_fl.arrays`).
 
         Worker and server both call this, so their copies agree bit for bit.
         """
-        return decoded.astype(dtype)
+        return cast(decoded, dtype)
 
     def update(self, state: WorkerState, target: np.ndarray, new_copy: np.ndarray) -> None:  # noqa: B027 - a hook
         """After an upload: update worker-only state (``target`` is what was compressed); most keep none."""
@@ -70,8 +73,8 @@ class ReferenceCopy(Memory):
 
     def reconstruct(self, previous: np.ndarray | None, decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
         if previous is None:
-            return decoded.astype(dtype)
-        return (decoded + previous).astype(dtype)
+            return cast(decoded, dtype)
+        return cast(decoded + previous, dtype)
 
 
 class ErrorFeedback(Memory):

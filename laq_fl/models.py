@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from laq_fl.norms import squared_norm
+from laq_fl.arrays import squared_norm
 
 NUM_FEATURES = 784
 NUM_CLASSES = 10
@@ -98,10 +98,12 @@ class LocalObjective:
 
     def __init__(self, model: FlatModel, features: torch.Tensor, labels: torch.Tensor, lam: float,
                  data_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", gradients_on_device: bool | None = None) -> None:
         """``data_loss(logits, labels)``: the mean loss over the samples given (a task's :meth:`~laq_fl.tasks.Task.loss`).
-        ``device``: where the data live and the gradient is computed; theta comes in and the gradient goes out as
-        numpy arrays on the CPU."""
+        ``device``: where the data live and the gradient is computed; theta comes in as a numpy array.
+        ``gradients_on_device``: the gradient goes out as a torch tensor on ``device``, so that the worker's
+        compression and rule run there too (:func:`laq_fl.worker.worker_round`); default: on any device but the
+        CPU, where it goes out as a numpy array (the numpy path, whose counts the README publishes)."""
         if features.shape[0] != labels.shape[0] or features.shape[0] == 0:
             raise ValueError(f"need matching, non-empty features and labels, got {features.shape[0]} and {labels.shape[0]}")
         self.device = torch.device(device)
@@ -111,6 +113,7 @@ class LocalObjective:
         self.labels = labels.to(self.device)
         self.lam = lam
         self.data_loss = data_loss
+        self.gradients_on_device = self.device.type != "cpu" if gradients_on_device is None else gradients_on_device
 
     @property
     def num_samples(self) -> int:
@@ -122,15 +125,19 @@ class LocalObjective:
         index = torch.from_numpy(np.asarray(batch, np.int64)).to(self.device)
         return self.features[index], self.labels[index]
 
-    def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-        """``f_m(theta)`` and ``grad f_m(theta)`` (on ``batch`` sample indices when given: SGD, SLAQ)."""
+    def loss_and_gradient(self, theta: np.ndarray, batch: np.ndarray | None = None) -> tuple[float, np.ndarray | torch.Tensor]:
+        """``f_m(theta)`` and ``grad f_m(theta)`` (on ``batch`` sample indices when given: SGD, SLAQ), shape ``(p,)``
+        in theta's dtype: a numpy array, or with ``gradients_on_device`` a tensor on the device (the same values)."""
         features, labels = self._batch(batch)
         theta = _writable(theta)
         params = torch.from_numpy(theta).to(self.device).requires_grad_(True)
         cross_entropy = self.data_loss(self.model.logits(params, features), labels)
         (grad,) = torch.autograd.grad(cross_entropy, params)
-        grad = grad.cpu().numpy()
-        grad += self.lam * theta
+        if self.gradients_on_device:
+            grad += self.lam * params.detach()
+        else:
+            grad = grad.cpu().numpy()
+            grad += self.lam * theta
         return float(cross_entropy.detach()) + self._regulariser(theta), grad
 
     @torch.no_grad()

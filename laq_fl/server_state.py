@@ -11,7 +11,7 @@ from laq_fl.codec import PayloadError
 from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
-from laq_fl.norms import norm, squared_norm
+from laq_fl.arrays import norm, squared_norm
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 

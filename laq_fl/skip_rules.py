@@ -46,7 +46,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from laq_fl.norms import squared_norm
+from laq_fl.arrays import squared_norm
 
 DEFAULT_D = 10
 DEFAULT_XI_SUM = 0.8

@@ -17,10 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
+from laq_fl.arrays import all_finite, as_float64, cast, is_tensor, like, squared_norm, to_numpy, zeros_like
 from laq_fl.compressors import Compressor, NonFiniteError
 from laq_fl.downlink import NO_VERSION, Broadcast, StaleIterateError, receive, state_checksum
 from laq_fl.memory import Memory
-from laq_fl.norms import squared_norm
 from laq_fl.skip_rules import Evidence, Instruction, WorkerHalf
 
 COPY_KEY = "copy"
@@ -38,7 +38,9 @@ class GradientOracle(Protocol):
 
 @dataclass
 class WorkerState:
-    """Worker m's state between rounds: plain arrays and scalars, see :meth:`to_arrays`.
+    """Worker m's state between rounds: plain arrays and scalars, see :meth:`to_arrays`. While a worker computes
+    on a device (:meth:`to_device`), ``copy`` and ``residual`` are torch tensors there; :meth:`to_arrays` and
+    :meth:`checksum` read them back to the CPU.
 
     Attributes
     ----------
@@ -77,7 +79,7 @@ class WorkerState:
     def reset(self) -> None:
         """Forget every upload since the last reset, as the server does for a worker whose reply it lost
         (``theta_tilde`` stays: a full broadcast replaces it)."""
-        self.copy = np.zeros_like(self.copy)
+        self.copy = zeros_like(self.copy)
         self.last_error_sq = 0.0
         self.theta_hat = None
         self.residual = None
@@ -91,27 +93,28 @@ class WorkerState:
         Raises ``ValueError``, changing nothing, when ``copy`` does not have this state's shape and dtype.
         """
         copy = np.asarray(copy)
-        if copy.shape != self.copy.shape or copy.dtype != self.copy.dtype:
-            raise ValueError(f"a restored Q_hat must be {self.copy.dtype} of shape {self.copy.shape}, got {copy.dtype} {copy.shape}")
-        if theta_hat is not None and np.shape(theta_hat) != self.copy.shape:
-            raise ValueError(f"a restored theta_hat must have shape {self.copy.shape}, got {np.shape(theta_hat)}")
-        self.copy = np.array(copy, copy=True)
+        held = to_numpy(self.copy)
+        if copy.shape != held.shape or copy.dtype != held.dtype:
+            raise ValueError(f"a restored Q_hat must be {held.dtype} of shape {held.shape}, got {copy.dtype} {copy.shape}")
+        if theta_hat is not None and np.shape(theta_hat) != held.shape:
+            raise ValueError(f"a restored theta_hat must have shape {held.shape}, got {np.shape(theta_hat)}")
+        self.copy = like(np.array(copy, copy=True), self.copy)
         self.version = int(version)
         self.last_error_sq = float(error_sq)
-        self.theta_hat = None if theta_hat is None else np.array(theta_hat, self.copy.dtype, copy=True)
+        self.theta_hat = None if theta_hat is None else np.array(theta_hat, held.dtype, copy=True)
         self.residual = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays, for ``context.state`` or a checkpoint; absent keys are ``None`` fields."""
         arrays = {
-            COPY_KEY: self.copy,
+            COPY_KEY: to_numpy(self.copy),
             LAST_ERROR_SQ_KEY: np.asarray(self.last_error_sq, np.float64),
             VERSION_KEY: np.asarray(self.version, np.int64),
         }
         if self.theta_hat is not None:
             arrays[THETA_HAT_KEY] = self.theta_hat
         if self.residual is not None:
-            arrays[RESIDUAL_KEY] = self.residual
+            arrays[RESIDUAL_KEY] = to_numpy(self.residual)
         if self.theta_tilde is not None:
             arrays[THETA_TILDE_KEY] = self.theta_tilde
             arrays[THETA_VERSION_KEY] = np.asarray(self.theta_version, np.int64)
@@ -138,7 +141,16 @@ class WorkerState:
     def checksum(self) -> int:
         """CRC-32 of ``Q_hat`` and ``theta_tilde`` (:func:`~laq_fl.downlink.state_checksum`); the server computes
         the same from its copies."""
-        return state_checksum(self.copy, self.theta_tilde)
+        return state_checksum(to_numpy(self.copy), self.theta_tilde)
+
+    def to_device(self, device: object) -> None:
+        """Hold ``copy`` and ``residual`` as torch tensors on ``device`` (a ``torch.device``), where the gradient is."""
+        import torch
+
+        for name in ("copy", "residual"):
+            value = getattr(self, name)
+            if value is not None and not (is_tensor(value) and value.device == device):
+                setattr(self, name, torch.as_tensor(to_numpy(value), device=device).clone())
 
     def receive(self, broadcast: Broadcast, compressor: Compressor | None = None) -> np.ndarray:
         """The iterate to compute at: ``theta^k`` of a one-way broadcast, else ``theta_tilde`` after applying it
@@ -173,26 +185,29 @@ def worker_round(
 ) -> bytes | None:
     """Steps 1-5 above for a gradient of shape ``(p,)``; returns the payload, or ``None`` for a skip.
 
+    ``grad`` is a numpy array, or a torch tensor on the device where ``state`` holds its copy (:meth:`WorkerState.to_device`):
+    the same arithmetic then runs there, with the same payload (:mod:`laq_fl.arrays`).
+
     ``same_sample_change`` is the evidence of rules that need it; ``rng`` feeds random compressors.
     Raises :class:`~laq_fl.compressors.NonFiniteError`, changing nothing, for a NaN or inf gradient or one
     the compressor cannot represent.
     """
-    gradient = np.asarray(grad).astype(np.float64)
+    gradient = as_float64(grad)
     # A reset starts from Q_hat = 0, but the state changes only once the round has gone through:
     # a refused gradient (NaN, or one the compressor cannot represent) leaves it as it was.
-    base = WorkerState.zeros(state.copy.size, state.copy.dtype) if instruction.reset else state
+    base = WorkerState(copy=zeros_like(state.copy)) if instruction.reset else state
     target = parts.memory.compensate(gradient, base)
     compressed = parts.compressor.compress(target, rng)
     with np.errstate(over="ignore"):
         new_copy = parts.memory.reconstruct(base.copy, compressed.value, base.copy.dtype)
-    if not np.isfinite(new_copy).all():  # the server would refuse this copy: say so instead of sending it
+    if not all_finite(new_copy):  # the server would refuse this copy: say so instead of sending it
         raise NonFiniteError(f"the new copy Q_hat + Q(innovation) overflows {new_copy.dtype}")
     error = gradient - new_copy
     error_sq = squared_norm(error)
     if instruction.reset:
         state.reset()
     if not instruction.force_upload:
-        innovation = new_copy - state.copy.astype(np.float64)
+        innovation = new_copy - cast(state.copy, np.float64)
         evidence = Evidence(squared_norm(innovation), error_sq, state.last_error_sq, same_sample_change)
         if parts.rule.skip(evidence, instruction.threshold):
             return None
@@ -220,6 +235,8 @@ def local_round(
     payload or ``None``.
     """
     loss, grad = objective.loss_and_gradient(theta, batch)
+    if is_tensor(grad):  # the objective computes on a device: so does the rest of the round
+        state.to_device(grad.device)
     same_sample = parts.rule.needs_same_sample
     change = None
     if same_sample and not instruction.force_upload:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from laq_fl.codec import PayloadError
-from laq_fl.compressors import COMPRESSORS, Compressor, NonFiniteError, build_compressor, compression_rng, compressor_from_spec
+from laq_fl.compressors import COMPRESSORS, Compressed, Compressor, NonFiniteError, build_compressor, compression_rng, compressor_from_spec
 from laq_fl.config import ALGORITHMS, AlgorithmConfig
 from laq_fl.server_state import ServerState
 from laq_fl.worker import WorkerParts, WorkerState, worker_round
@@ -44,6 +45,29 @@ def test_round_trip_within_the_stated_bound(name: str, size: int) -> None:
     float32_rounding = np.max(np.spacing(np.abs(decoded).astype(np.float32)).astype(np.float64))
     assert error <= compressor.error_bound(values) * (1 + 1e-6) + float32_rounding
 
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [1, 301, 7850])
+def test_a_tensor_compresses_to_the_same_payload_and_value_as_an_array(name: str, size: int) -> None:
+    # A worker computing on a device compresses a torch tensor (a kernel of its own, or the CPU fallback): the
+    # bytes and the value it keeps must be those of the numpy path, bit for bit, on the tensor's device.
+    compressor = make(name)
+    values = vector(size, seed=size)
+    expected = compress(compressor, values)
+    compressed = compress(compressor, torch.from_numpy(values))
+    assert isinstance(compressed.value, torch.Tensor) and compressed.value.dtype == torch.float64
+    assert compressed.payload == expected.payload
+    np.testing.assert_array_equal(compressed.value.numpy(), expected.value)
+    with pytest.raises(NonFiniteError):
+        compress(compressor, torch.from_numpy(np.where(np.arange(size) == size // 2, np.inf, values)))
+
+
+def test_a_payload_given_as_a_function_is_packed_once_on_first_read() -> None:
+    calls = []
+    compressed = Compressed(payload=lambda: calls.append(1) or b"packed", value=np.zeros(1))
+    assert calls == []  # a skipped upload is never packed
+    assert compressed.payload == b"packed" and compressed.payload == b"packed" and calls == [1]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_payload_bits_fit_the_bytes(name: str) -> None:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from laq_fl.arrays import all_finite, is_tensor, to_numpy
 from laq_fl.codec import PayloadError, as_byte_array
 
 FLOAT32_LE = np.dtype("<f4")
@@ -48,20 +50,30 @@ class NonFiniteError(ValueError):
     """A vector to compress holds NaN or inf: it cannot travel, and the worker says so instead of sending it."""
 
 
-@dataclass(frozen=True)
 class Compressed:
     """One compressed vector.
 
     Attributes
     ----------
     payload
-        The bytes that travel.
+        The bytes that travel. A compressor may hand over a function that packs them instead: it runs on the first
+        read, so a vector the rule then keeps back (a skip) is never packed, nor copied off a GPU.
     value
-        ``decompress(payload)`` as float64, shape ``(p,)``: what the receiver will reconstruct, bit for bit.
+        ``decompress(payload)`` as float64, shape ``(p,)``: what the receiver will reconstruct, bit for bit (a
+        numpy array, or a torch tensor on the device of the vector that was compressed).
     """
 
-    payload: bytes
-    value: np.ndarray
+    __slots__ = ("_pack", "_payload", "value")
+
+    def __init__(self, payload: bytes | Callable[[], bytes], value: Any) -> None:
+        self._payload, self._pack = (None, payload) if callable(payload) else (bytes(payload), None)
+        self.value = value
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload, self._pack = self._pack(), None
+        return self._payload
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,13 @@ class Compressor(ABC):
     """True when ``E[decompress(compress(x))] = x`` over the draws of ``rng``."""
 
     def compress(self, vector: np.ndarray, rng: np.random.Generator | None = None) -> Compressed:
-        """Compress a flat vector of shape ``(p,)`` (any float dtype or byte order).
+        """Compress a flat vector of shape ``(p,)`` (any float dtype or byte order; a numpy array, or a torch
+        tensor on any device, whose :attr:`Compressed.value` then stays on that device).
 
         Raises :class:`NonFiniteError` for NaN or inf entries, ``ValueError`` for another shape or a missing ``rng``.
         """
+        if is_tensor(vector):
+            return self._compress_checked_tensor(vector, rng)
         values = np.asarray(vector)
         if values.ndim != 1 or values.dtype.kind != "f":
             raise ValueError(f"compress takes a flat float vector, got {values.dtype} with shape {values.shape}")
@@ -95,6 +110,30 @@ class Compressor(ABC):
         if not np.all(np.isfinite(compressed.value)):  # e.g. a value beyond the range of the wire's floats
             raise NonFiniteError(f"{self.name} cannot represent this gradient: it compresses to NaN or inf")
         return compressed
+
+    def _compress_checked_tensor(self, vector: Any, rng: np.random.Generator | None) -> Compressed:
+        import torch
+
+        if vector.ndim != 1 or not vector.is_floating_point():
+            raise ValueError(f"compress takes a flat float vector, got {vector.dtype} with shape {tuple(vector.shape)}")
+        values = vector.detach().to(torch.float64)
+        if not all_finite(values):
+            check_finite(to_numpy(values))
+        if self.needs_rng and rng is None:
+            raise ValueError(f"{self.name} is random: pass rng=compression_rng(seed, worker, iteration)")
+        compressed = self._compress_tensor(values, rng)
+        if not all_finite(compressed.value):
+            raise NonFiniteError(f"{self.name} cannot represent this gradient: it compresses to NaN or inf")
+        return compressed
+
+    def _compress_tensor(self, values: Any, rng: np.random.Generator | None) -> Compressed:
+        """``values``: a finite float64 torch tensor of shape ``(p,)``. This default compresses on the CPU with
+        :meth:`_compress` and moves the value back to ``values``' device; compressors with a torch kernel
+        override it, with the same payload and value bit for bit (``tests/test_compressor_contract.py``)."""
+        import torch
+
+        compressed = self._compress(values.cpu().numpy(), rng)
+        return Compressed(payload=compressed.payload, value=torch.from_numpy(compressed.value).to(values.device))
 
     def decompress(self, payload: bytes | bytearray | memoryview | np.ndarray, size: int) -> np.ndarray:
         """The float64 vector of shape ``(size,)`` a payload encodes.

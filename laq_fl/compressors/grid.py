@@ -14,6 +14,7 @@ Payload: ``R`` as little-endian float32, then the ``b``-bit codes ``q`` packed m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,29 @@ class Grid(Compressor):
             levels = scaled.astype(level_dtype(self.bits))
         payload = scale_bytes(radius) + pack_levels(levels, self.bits)
         return Compressed(payload=payload, value=self._dequantize(levels, float(radius)))
+
+    def _compress_tensor(self, values: Any, rng: np.random.Generator | None) -> Compressed:
+        # The same float64 operations in the same order as _compress, on the tensor's device: same levels and value.
+        import torch
+
+        top = 2**self.bits - 1
+        radius = np.float32(values.abs().max().to(torch.float32).item()) if values.numel() else np.float32(0.0)
+        if radius == 0.0:
+            levels = torch.zeros(values.shape, dtype=torch.uint8, device=values.device)
+        else:
+            radius64 = float(radius)
+            scaled = values + radius64
+            scaled *= top / (2.0 * radius64)
+            scaled += 0.5
+            scaled.floor_().clamp_(0, top)
+            levels = scaled.to(torch.uint8 if self.bits <= 8 else torch.int32)
+        value = levels.to(torch.float64) * (2.0 * float(radius) / top)  # an integer tensor times a float is float32 in torch
+        value -= float(radius)
+
+        def pack() -> bytes:
+            return scale_bytes(radius) + pack_levels(levels.cpu().numpy().astype(level_dtype(self.bits)), self.bits)
+
+        return Compressed(payload=pack, value=value)
 
     def _dequantize(self, levels: np.ndarray, radius: float) -> np.ndarray:
         """Eq. (6) without the reference: ``2 tau R q - R``, float64."""

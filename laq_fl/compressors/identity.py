@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,12 @@ class Identity(Compressor):
     def _compress(self, values: np.ndarray, rng: np.random.Generator | None) -> Compressed:
         sent = values.astype(self._wire)
         return Compressed(payload=sent.tobytes(), value=sent.astype(np.float64))
+
+    def _compress_tensor(self, values: Any, rng: np.random.Generator | None) -> Compressed:
+        import torch
+
+        sent = values.to(torch.float32 if self.float_bits == 32 else torch.float64)
+        return Compressed(payload=lambda: sent.cpu().numpy().astype(self._wire).tobytes(), value=sent.to(torch.float64))
 
     def _decompress(self, buffer: np.ndarray, size: int) -> np.ndarray:
         check_size(buffer, size * self._wire.itemsize, f"{self.float_bits}-bit identity")

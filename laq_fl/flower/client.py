@@ -107,9 +107,10 @@ def stored_state(context: Context, dtype: np.dtype | type) -> WorkerState | None
 
 
 def store_state(context: Context, state: WorkerState) -> None:
-    dtypes = _stored_dtypes(state.copy.dtype)
+    arrays = state.to_arrays()  # numpy on the CPU, wherever the worker computed
+    dtypes = _stored_dtypes(arrays[COPY_KEY].dtype)
     context.state[MEMORY_RECORD] = ConfigRecord(
-        {key: np.asarray(value, dtypes[key]).tobytes() for key, value in state.to_arrays().items()}
+        {key: np.asarray(value, dtypes[key]).tobytes() for key, value in arrays.items()}
     )
 
 
