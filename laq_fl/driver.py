@@ -98,7 +98,7 @@ def run_in_process(
     minibatch = algorithm.spec.minibatch
     dtype = problem.initial_theta.dtype
 
-    server = ServerState(problem.initial_theta, algorithm, num_workers)
+    server = ServerState(problem.initial_theta, algorithm, num_workers, problem.vector_device)
     parts = WorkerParts(server.compressor, server.memory, algorithm.rule.worker)
     workers = [WorkerState.zeros(problem.size, dtype) for _ in range(num_workers)]
     result = RunResult(algorithm=algorithm, problem=config)

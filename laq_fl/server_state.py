@@ -11,7 +11,7 @@ from laq_fl.codec import PayloadError
 from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
-from laq_fl.arrays import norm, squared_norm
+from laq_fl.arrays import all_finite, cast, like, norm, squared_norm, to_numpy
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 
@@ -49,6 +49,8 @@ class ServerState:
         The lazy aggregate ``nabla^k`` in float64. Invariant: ``aggregate == sum(copies.values())``.
     copies
         ``Q_m(theta_hat_m)`` per worker, in the dtype of ``theta``; a worker is absent until its first upload.
+        With a ``device``, the aggregate and the copies are torch tensors there (:meth:`to_arrays`, :class:`Restore`
+        and :meth:`checksum` read them back); theta stays a numpy array, the iterate that is broadcast.
     versions
         Uploads per worker since its last reset; the worker's :class:`~laq_fl.worker.WorkerState` counts the same.
     skip_clocks
@@ -75,7 +77,9 @@ class ServerState:
         the largest secant ``||Q_new - Q_old|| / ||theta_new - theta_hat_m||`` seen over its uploads.
     """
 
-    def __init__(self, theta: np.ndarray, config: AlgorithmConfig, num_workers: int) -> None:
+    def __init__(self, theta: np.ndarray, config: AlgorithmConfig, num_workers: int, device: object = None) -> None:
+        """``device`` (a ``torch.device``): where the aggregate, the copies and the step's arithmetic live; ``None``
+        keeps them in numpy. Both give the same theta bit for bit (element-wise float64 arithmetic)."""
         theta = np.asarray(theta)
         if theta.ndim != 1 or theta.dtype.kind != "f":
             raise ValueError(f"theta must be a flat float vector, got {theta.dtype} with shape {theta.shape}")
@@ -87,6 +91,10 @@ class ServerState:
         self.rule = config.rule.server(config.rule_settings(num_workers))
         self.theta = theta.copy()
         self.aggregate = np.zeros(theta.shape, np.float64)
+        if device is not None:
+            import torch
+
+            self.aggregate = torch.zeros(theta.shape, dtype=torch.float64, device=device)
         self.copies: dict[WorkerKey, np.ndarray] = {}
         self.versions: dict[WorkerKey, int] = {}
         self.skip_clocks: dict[WorkerKey, int] = {}
@@ -125,7 +133,7 @@ class ServerState:
         if worker not in self.restore_pending or needs_resync(self, worker):
             return None
         return Restore(
-            copy=self.copies[worker],
+            copy=to_numpy(self.copies[worker]),
             version=self.versions[worker],
             error_sq=self.error_sqs.get(worker, 0.0),
             theta_hat=self.upload_iterates.get(worker) if self.config.rule.worker.needs_same_sample else None,
@@ -145,7 +153,7 @@ class ServerState:
         copy = self.copies.get(worker)
         if copy is None:
             copy = np.zeros_like(self.theta)
-        return state_checksum(copy, None if self.downlink is None else self.downlink.theta_tilde)
+        return state_checksum(to_numpy(copy), None if self.downlink is None else self.downlink.theta_tilde)
 
     @property
     def size(self) -> int:
@@ -167,10 +175,10 @@ class ServerState:
         it makes is not finite (a finite innovation added to the copy can overflow the run's dtype).
         """
         previous = None if needs_resync(self, worker) else self.copies[worker]  # the worker was told to reset
-        decoded = self.compressor.decompress(payload, self.size)
+        decoded = like(self.compressor.decompress(payload, self.size), self.aggregate)
         with np.errstate(over="ignore"):
             new_copy = self.memory.reconstruct(previous, decoded, self.theta.dtype)
-        if not np.isfinite(new_copy).all():
+        if not all_finite(new_copy):
             raise PayloadError(f"the copy this payload makes overflows {new_copy.dtype}")
         return new_copy
 
@@ -209,7 +217,7 @@ class ServerState:
         if previous is not None and last is not None and worker not in self.out_of_sync:
             moved = norm(iterate.astype(np.float64) - last)
             if moved > 0:
-                change = norm(new_copy.astype(np.float64) - previous)
+                change = norm(cast(new_copy, np.float64) - previous)
                 self.smoothness[worker] = max(self.smoothness.get(worker, 0.0), change / moved)
         self.upload_iterates[worker] = iterate.copy()
 
@@ -252,11 +260,12 @@ class ServerState:
         zeros = np.zeros_like(self.theta)
 
         def stacked(values: dict) -> np.ndarray:
-            return np.asarray([values.get(worker, zeros) for worker in workers], self.theta.dtype).reshape(len(workers), self.size)
+            rows = [to_numpy(values.get(worker, zeros)) for worker in workers]
+            return np.asarray(rows, self.theta.dtype).reshape(len(workers), self.size)
 
         arrays = {
             "theta": self.theta,
-            "aggregate": self.aggregate,
+            "aggregate": to_numpy(self.aggregate),
             "recent-sq-diffs": np.asarray(self.recent_sq_diffs, np.float64),
             "iteration": np.asarray(self.iteration, np.int64),
             "workers": np.asarray([str(worker) for worker in workers]),
@@ -277,13 +286,14 @@ class ServerState:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int) -> ServerState:
+    def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int,
+                    device: object = None) -> ServerState:
         """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for partitions).
 
         Raises ``KeyError`` for an array the checkpoint lacks and ``ValueError`` when theta is not a flat float vector.
         """
-        state = cls(np.asarray(arrays["theta"]), config, num_workers)
-        state.aggregate = np.array(arrays["aggregate"], np.float64)
+        state = cls(np.asarray(arrays["theta"]), config, num_workers, device)
+        state.aggregate = like(np.array(arrays["aggregate"], np.float64), state.aggregate)
         state.recent_sq_diffs.extend(float(value) for value in arrays["recent-sq-diffs"])
         state.iteration = int(arrays["iteration"])
         if state.downlink is not None:
@@ -298,7 +308,7 @@ class ServerState:
              smoothness) in columns:
             worker = key(str(name))
             if has_copy:
-                state.copies[worker] = np.array(copy, state.theta.dtype)
+                state.copies[worker] = like(np.array(copy, state.theta.dtype), state.aggregate)
                 state.versions[worker] = int(version)
                 state.error_sqs[worker] = float(error_sq)
             state.skip_clocks[worker] = int(clock)
@@ -322,7 +332,9 @@ class ServerState:
         (the iteration diverged: a step size too large for the problem).
         """
         with np.errstate(over="ignore", invalid="ignore"):
-            new_theta = (self.theta.astype(np.float64) - self.config.lr * self.aggregate).astype(self.theta.dtype)
+            # Two roundings (product, then difference), never a fused multiply-add: the same bits on every device.
+            step = self.config.lr * self.aggregate
+            new_theta = to_numpy(cast(like(self.theta.astype(np.float64), step) - step, self.theta.dtype))
         if not np.isfinite(new_theta).all():
             raise NonFiniteError(
                 f"theta^{self.iteration + 1} is not finite: the iteration diverged (lr = {self.config.lr} too large?)"

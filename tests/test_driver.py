@@ -10,6 +10,7 @@ import torch
 from conftest import assert_same_bits
 from torch.nn import functional as F
 
+from laq_fl.arrays import to_numpy
 from laq_fl.compressors import NonFiniteError
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
@@ -25,6 +26,15 @@ SYNTHETIC = ProblemConfig(dataset="synthetic", num_workers=4, partition="iid")
 @pytest.fixture(scope="module")
 def synthetic_problem() -> Problem:
     return build_problem(SYNTHETIC)
+
+
+@pytest.fixture(scope="module")
+def synthetic_tensor_problem() -> Problem:
+    """The same problem on the device path (here the CPU): workers and server hold torch tensors."""
+    problem = build_problem(SYNTHETIC)
+    for objective in problem.objectives:
+        objective.gradients_on_device = True
+    return problem
 
 
 def reference_gradient(model_name: str, theta: np.ndarray, features, labels, lam: float) -> np.ndarray:
@@ -92,19 +102,23 @@ def test_switches_change_the_run(synthetic_problem: Problem) -> None:
     assert lag.total_uploads < gd.total_uploads
 
 
+@pytest.mark.parametrize("vectors", ["numpy", "torch"])
 @pytest.mark.parametrize("downlink_bits", [32, 4])
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
-def test_aggregate_is_sum_of_copies_every_iteration(synthetic_problem: Problem, algorithm: str, downlink_bits: int) -> None:
+def test_aggregate_is_sum_of_copies_every_iteration(request: pytest.FixtureRequest, algorithm: str, downlink_bits: int,
+                                                    vectors: str) -> None:
+    synthetic_problem = request.getfixturevalue("synthetic_problem" if vectors == "numpy" else "synthetic_tensor_problem")
     checked = []
     final_versions: dict[int, int] = {}
     current = []
 
     def check(k: int, server: ServerState, workers: list[WorkerState]) -> None:
-        copies = np.sum([server.copies[m].astype(np.float64) for m in range(len(workers))], axis=0)
-        np.testing.assert_allclose(server.aggregate, copies, rtol=1e-12, atol=1e-12)
+        assert isinstance(server.aggregate, torch.Tensor) == (vectors == "torch")
+        copies = np.sum([to_numpy(server.copies[m]).astype(np.float64) for m in range(len(workers))], axis=0)
+        np.testing.assert_allclose(to_numpy(server.aggregate), copies, rtol=1e-12, atol=1e-12)
         for m, worker in enumerate(workers):
             # Server and worker hold the very same Q_m(theta_hat_m), bit for bit, and count the same uploads.
-            assert_same_bits(server.copies[m], worker.copy)
+            assert_same_bits(to_numpy(server.copies[m]), to_numpy(worker.copy))
             assert server.versions[m] == worker.version
             if server.downlink is None:
                 assert worker.theta_tilde is None
@@ -178,7 +192,9 @@ def test_stop_when_ends_the_run_at_the_first_match(synthetic_problem: Problem) -
     np.testing.assert_array_equal(stopped.column("train_loss"), full.column("train_loss")[:13])
 
 
-def test_server_state_round_trips_through_arrays(synthetic_problem: Problem) -> None:
+@pytest.mark.parametrize("vectors", ["numpy", "torch"])
+def test_server_state_round_trips_through_arrays(request: pytest.FixtureRequest, vectors: str) -> None:
+    synthetic_problem = request.getfixturevalue("synthetic_problem" if vectors == "numpy" else "synthetic_tensor_problem")
     config = AlgorithmConfig(algorithm="laq", bits=3, t_bar=4)
     saved = {}
 
@@ -189,7 +205,8 @@ def test_server_state_round_trips_through_arrays(synthetic_problem: Problem) -> 
             saved["workers"] = [{key: np.array(v, copy=True) for key, v in w.to_arrays().items()} for w in workers]
 
     run_in_process(config, synthetic_problem, 10, on_iteration=snapshot)
-    back = ServerState.from_arrays(saved["server"], config, 4)
+    back = ServerState.from_arrays(saved["server"], config, 4, device=synthetic_problem.vector_device)
+    assert isinstance(back.aggregate, torch.Tensor) == (vectors == "torch")
     again = back.to_arrays()
     assert saved["server"].keys() == again.keys()
     for key, value in saved["server"].items():
@@ -198,8 +215,10 @@ def test_server_state_round_trips_through_arrays(synthetic_problem: Problem) -> 
     assert [back.versions[m] for m in range(4)] == [int(v["version"]) for v in saved["workers"]]
 
 
-def test_a_diverged_step_is_refused_and_changes_nothing(synthetic_problem: Problem) -> None:
-    server = ServerState(synthetic_problem.initial_theta, AlgorithmConfig(algorithm="gd", lr=1e30, downlink_bits=4), 4)
+@pytest.mark.parametrize("device", [None, torch.device("cpu")])
+def test_a_diverged_step_is_refused_and_changes_nothing(synthetic_problem: Problem, device: torch.device | None) -> None:
+    server = ServerState(synthetic_problem.initial_theta, AlgorithmConfig(algorithm="gd", lr=1e30, downlink_bits=4), 4,
+                         device)
     server.aggregate[:] = 1e10  # alpha * nabla overflows float32
     before = server.to_arrays()
     with pytest.raises(NonFiniteError, match="diverged"):
