@@ -64,7 +64,8 @@ def load_mnist(data_dir: str) -> Dataset:
         raise DatasetNotFoundError(
             f"MNIST is not in {root} and could not be downloaded ({exc.__class__.__name__}). "
             f"Put the four IDX files {', '.join(MNIST_RAW_FILES)} under {root / 'MNIST' / 'raw'}, "
-            "or point the data directory (LAQ_FL_DATA_DIR, or the run config's data-dir) at a folder that has them."
+            "or point the data directory at a folder that has them: the run config's data-dir (or LAQ_FL_DATA_DIR, "
+            "which the run config reads), or ProblemConfig(data_dir=...) in the library."
         ) from exc
     return Dataset(
         name="mnist",
@@ -133,6 +134,15 @@ def partition_indices(
         return [np.arange(bounds[m], bounds[m + 1]) for m in range(num_workers)]
     if scheme not in PARTITIONS:
         raise ValueError(f"unknown partition {scheme!r}; expected one of {', '.join(PARTITIONS)}")
+    # Checked here, in the run config's terms: Flower Datasets would divide by zero, or name its own parameters.
+    if scheme == "shard" and num_workers * shards_per_partition > num_samples:
+        raise ValueError(f"'shard': num-clients x shards-per-partition = {num_workers} x {shards_per_partition} shards "
+                         f"of at least one sample each need {num_workers * shards_per_partition} samples, there are "
+                         f"{num_samples}; lower shards-per-partition or num-clients")
+    classes = len(np.unique(labels))
+    if scheme == "pathological" and classes_per_partition > classes:
+        raise ValueError(f"'pathological': classes-per-partition = {classes_per_partition}, but the data have "
+                         f"{classes} classes; choose at most {classes}")
     shards = _flower_datasets_partition(np.asarray(labels), num_workers, scheme, seed, alpha, classes_per_partition,
                                         shards_per_partition)
     empty = [worker for worker, shard in enumerate(shards) if shard.size == 0]

@@ -218,11 +218,14 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunSettings:
     except ConfigError as error:
         key = _FIELD_TO_KEY.get(error.key, error.key)
         raise ConfigError(key, str(error).split(": ", 1)[1]) from None
-    if values["lr"] * values["lambda"] >= 2:
-        # The regulariser alone has curvature lambda: gradient descent on it diverges once lr * lambda >= 2.
+    curvature = values["lambda"] * values["num-clients"]
+    if values["lr"] * curvature >= 2:
+        # The step sums the M workers' gradients, each with its own lambda theta: the regulariser alone has curvature
+        # M lambda, and gradient descent on it diverges once lr * M * lambda >= 2.
         raise ConfigError(
-            "lambda", f"lr * lambda = {values['lr'] * values['lambda']:.3g} >= 2: the iteration diverges on the "
-            f"(lambda/2)||theta||^2 term alone (lr = {values['lr']}, lambda = {values['lambda']})"
+            "lambda", f"lr * lambda * num-clients = {values['lr'] * curvature:.3g} >= 2: the step sums the workers' "
+            f"gradients, so the iteration diverges on the (lambda/2)||theta||^2 terms alone (lr = {values['lr']}, "
+            f"lambda = {values['lambda']}, num-clients = {values['num-clients']}); lower lr or lambda"
         )
     return RunSettings(
         algorithm=algorithm,

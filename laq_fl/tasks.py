@@ -237,7 +237,7 @@ def resolve_task(spec: str) -> Task:
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - any failure to import is the user's task module failing
         raise ConfigError("task", f"cannot import {module_name!r} for task {spec!r}: {type(error).__name__}: "
-                          f"{error} (is its folder on PYTHONPATH, or installed?)") from error
+                          f"{error} (is its folder on PYTHONPATH -- under flwr run, the SuperLink's environment -- or installed?)") from error
     try:
         value = functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:

@@ -1,4 +1,4 @@
-"""Seconds per round of LAQ on MNIST, from the bare arithmetic up to `flwr run`.
+"""Seconds per round of LAQ on a task (MNIST by default), from the bare arithmetic up to `flwr run`.
 
     python scripts/bench_rounds.py --clients 10 100 --rounds 30
     python scripts/bench_rounds.py --tasks mnist-logistic mnist-mlp --clients 10 --modes bare driver
@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--modes", nargs="+", default=["bare", "driver", "grid", "flwr-run", "floor"])
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1 (medians leave out the first two rounds when there are more than four)")
     data_dir = str(Path(args.data_dir).resolve())
     out_dir = args.out_dir.resolve()
     report = {"machine": machine(), "revision": git_revision(), "rounds": args.rounds, "bits": args.bits,

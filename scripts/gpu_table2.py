@@ -1,4 +1,4 @@
-"""The GPU checks of issue 12 in one short run: the driver against a bare torch loop, the device path against
+"""The GPU checks in one short run: the driver against a bare torch loop, the device path against
 compressing on the CPU, and Table 2's network row at the paper's 8,000 iterations (GD, QGD, LAG, LAQ; MLP
 784-200-10, b = 8).
 
@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,8 +37,10 @@ from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.driver import run_in_process
 from laq_fl.problem import Problem, build_problem
 
-PAPER = {"laq": (8000, 31845, 4.05e10, 0.9433), "gd": (8000, 80000, 4.07e11, 0.9433),
-         "qgd": (8000, 80000, 1.02e11, 0.9433), "lag": (8000, 29916, 1.52e11, 0.9433)}
+PAPER_COLUMNS = ("iterations", "uploads", "payload_bits", "test_accuracy")
+PAPER = {name: dict(zip(PAPER_COLUMNS, row)) for name, row in {
+    "laq": (8000, 31845, 4.05e10, 0.9433), "gd": (8000, 80000, 4.07e11, 0.9433),
+    "qgd": (8000, 80000, 1.02e11, 0.9433), "lag": (8000, 29916, 1.52e11, 0.9433)}.items()}
 
 
 def revision() -> str:
@@ -44,6 +48,14 @@ def revision() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def on_device(problem: Problem, keep: bool) -> Problem:
@@ -56,14 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--iterations", type=int, default=8000)
-    parser.add_argument("--ratio-rounds", type=int, default=40)
+    parser.add_argument("--ratio-rounds", type=int, default=40, help="at least 3 (the first two are left out)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--evaluate-every", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("results") / "gpu-table2.json")
     args = parser.parse_args()
+    if args.ratio_rounds < 3 or args.iterations < 1:
+        parser.error("--ratio-rounds must be >= 3 and --iterations >= 1")
     data_dir = str(Path(args.data_dir).resolve())
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-    report = {"command": f"python scripts/gpu_table2.py --iterations {args.iterations} --device {args.device}",
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
+    report = {"command": shlex.join(["python", *sys.argv]),
               "device": device_name, "torch": torch.__version__, "revision": revision(), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -55,6 +55,16 @@ def test_dirichlet_covers_and_skews(alpha: float) -> None:
         assert spread < 0.05  # close to iid
 
 
+@pytest.mark.parametrize("scheme, workers, knob, match", [
+    ("shard", 4, 100, "4 x 100 shards .* need 400 samples, there are 200; lower shards-per-partition"),
+    ("pathological", 4, 11, "classes-per-partition = 11, but the data have 10 classes"),
+])
+def test_a_split_that_cannot_be_made_names_the_run_config_key(scheme: str, workers: int, knob: int, match: str) -> None:
+    labels = np.arange(200) % 10
+    with pytest.raises(ValueError, match=match):
+        partition_indices(labels, workers, scheme, classes_per_partition=knob, shards_per_partition=knob)
+
+
 def test_a_dirichlet_partition_with_too_many_workers_says_what_to_change() -> None:
     labels = np.random.default_rng(0).integers(0, 10, 200)
     with warnings.catch_warnings():

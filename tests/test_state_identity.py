@@ -174,7 +174,7 @@ def test_divergence_stops_the_run_naming_the_cause(tmp_path, task_identity) -> N
 
 @pytest.mark.parametrize("key, value, match", [
     ("lambda", 1e308, "lr \\* lambda"),
-    ("lambda", 0.01, "lr \\* lambda = 10 >= 2"),  # with lr = 1000 below
+    ("lambda", 0.01, "lr \\* lambda \\* num-clients = 100 >= 2"),  # with lr = 1000 below and M = 10
     ("seed", 1e21, "2\\^63"),
     ("round-timeout", float("inf"), "finite"),
     ("checkpoint-every", -1, ">= 0"),
@@ -185,6 +185,14 @@ def test_absurd_values_are_refused_before_round_one(key: str, value, match: str)
         parse_run_config({key: value, "lr": 1000.0} if value == 0.01 else {key: value})
     assert refused.value.key == key
 
+
+
+def test_the_regulariser_bound_counts_every_client() -> None:
+    # The step sums M gradients, each with lambda theta: lr = 1, lambda = 0.5 diverges (x16 per round) with 10 clients,
+    # not with one.
+    with pytest.raises(ConfigError, match="num-clients = 10"):
+        parse_run_config({"lr": 1.0, "lambda": 0.5, "num-clients": 10})
+    assert parse_run_config({"lr": 1.0, "lambda": 0.5, "num-clients": 1}).problem.lam == 0.5
 
 def test_train_loss_says_how_many_losses_are_missing(task_identity) -> None:
     """Input 8: the mean covers the accepted replies; loss-missing counts the contacted workers it leaves out."""
