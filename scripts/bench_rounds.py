@@ -8,6 +8,8 @@ For each task and number of clients M, the median seconds per round of:
             the b-bit quantization of each innovation, the rule's test, the lazy aggregate and the step
   driver    laq_fl's in-process driver (payload bytes, rule, server state, records; no test evaluation,
             as in the bare loop)
+  driver-torch  the same with the workers' rounds and the server's aggregate in torch (gradients_on_device,
+            what a GPU runs; on the CPU the same theta bit for bit)
   grid      the Flower app (ServerApp, LaqStrategy, ClientApp) through the in-process Grid
   flwr-run  the Flower app under `flwr run .` (Ray simulation, private SuperLink on 127.0.0.1)
   floor     a trivial Flower app with the same message sizes under `flwr run .` (Flower's own cost)
@@ -72,13 +74,15 @@ def main() -> None:
         for clients in args.clients:
             medians = {}
             problem_config = ProblemConfig(data_dir=data_dir, num_workers=clients, task=task, device=args.device)
-            problem = build_problem(problem_config) if {"bare", "driver"} & set(args.modes) else None
+            problem = build_problem(problem_config) if {"bare", "driver", "driver-torch"} & set(args.modes) else None
             run_config = {"task": task, "num-clients": clients, "rounds": args.rounds, "bits": args.bits,
                           "data-dir": data_dir, "out-dir": str(out_dir / "runs")}
             for mode in args.modes:
                 if mode == "bare":
                     seconds = bare_laq_seconds(problem, args.rounds, bits=args.bits)
-                elif mode == "driver":
+                elif mode in ("driver", "driver-torch"):
+                    for objective in problem.objectives:
+                        objective.gradients_on_device = mode == "driver-torch" or objective.device.type != "cpu"
                     result = run_in_process(AlgorithmConfig(bits=args.bits), problem, args.rounds, evaluate_every=0)
                     seconds = result.column("seconds").tolist()
                 elif mode == "grid":
@@ -97,7 +101,7 @@ def main() -> None:
                 # The first rounds pay start-up costs (imports, data loading, Ray actors): leave them out.
                 medians[mode] = statistics.median(seconds[2:] if len(seconds) > 4 else seconds)
                 print(f"{task} M={clients} {mode}: median {medians[mode]:.4f} s/round", flush=True)
-            ratios = {f"{mode}/bare": medians[mode] / medians["bare"] for mode in ("driver", "grid")
+            ratios = {f"{mode}/bare": medians[mode] / medians["bare"] for mode in ("driver", "driver-torch", "grid")
                       if mode in medians and "bare" in medians}
             if "flwr-run" in medians and "floor" in medians:
                 ratios["flwr-run/floor"] = medians["flwr-run"] / medians["floor"]

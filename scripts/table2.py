@@ -2,6 +2,7 @@
 
     python scripts/table2.py --model logistic   # each algorithm until f(theta^k)/M - f*/M <= 1e-6
     python scripts/table2.py --model mlp --iterations 1000
+    python scripts/table2.py --model logistic --driver-only --algorithms laq lag   # the counts alone, no Flower app
 
 Logistic: the in-process driver finds the iteration K at which the loss residual first reaches the
 tolerance (f* from a cached float64 L-BFGS solve); the Flower app (ServerApp, LaqStrategy and ClientApp
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--max-iterations", type=int, default=6000)
     parser.add_argument("--iterations", type=int, default=1000, help="fixed iterations for the mlp")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--driver-only", action="store_true",
+                        help="logistic: print the driver's iterations, uploads and bits to the tolerance; no Flower app")
     args = parser.parse_args()
     revision = git_revision()  # the code that runs is the code checked out now, not at the end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -65,6 +68,13 @@ def main() -> None:
             if reached.records[-1].train_loss - f_star > args.tolerance:
                 raise SystemExit(f"{name} did not reach the tolerance in {args.max_iterations} iterations")
             rounds = iterations + 1
+            if args.driver_only:  # uploads and bits of iterations 0..K-1, as the table counts them
+                counted = reached.records[:-1]
+                print(json.dumps({"algorithm": name, "iterations": iterations,
+                                  "uploads": sum(record.uploads for record in counted),
+                                  "payload_bits": sum(record.payload_bits for record in counted),
+                                  "seconds": time.perf_counter() - started}), flush=True)
+                continue
         else:
             iterations = rounds = args.iterations
         run_config = {
@@ -83,6 +93,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
 
+    if args.driver_only:
+        return
     summary = {
         "model": args.model, "bits": bits, "tolerance": args.tolerance if f_star is not None else None, "f_star": f_star,
         "machine": machine(), "revision": revision, "rows": rows,
