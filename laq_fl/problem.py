@@ -101,8 +101,9 @@ class Problem:
         """Where the workers' rounds and the server's aggregate and step run: the objectives' device when they keep
         their gradients there (:class:`~laq_fl.models.LocalObjective`'s ``gradients_on_device``), else ``None``
         (numpy on the CPU)."""
-        devices = {objective.device for objective in self.objectives if objective.gradients_on_device}
-        return devices.pop() if len(devices) == 1 and all(o.gradients_on_device for o in self.objectives) else None
+        devices = {objective.device for objective in self.objectives}
+        on_device = self.objectives and all(objective.gradients_on_device for objective in self.objectives)
+        return devices.pop() if on_device and len(devices) == 1 else None
 
     def training_loss(self, theta: np.ndarray) -> float:
         """``f(theta) / M``: the mean of the workers' ``f_m(theta)``."""

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from laq_fl.arrays import all_finite, cast, like, norm, squared_norm, to_numpy
 from laq_fl.codec import PayloadError
 from laq_fl.compressors import NonFiniteError
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast, Downlink, state_checksum
-from laq_fl.arrays import all_finite, cast, like, norm, squared_norm, to_numpy
 from laq_fl.skip_rules import Instruction, WorkerKey, needs_resync
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from laq_fl.arrays import norm as l2_norm
 from laq_fl.codec import MAX_CODE_BITS, PayloadError, level_dtype, pack_levels, unpack_levels
 from laq_fl.compressors.base import SCALE_BYTES, Compressed, Compressor, check_int, check_size, read_scale, scale_bytes
-from laq_fl.arrays import norm as l2_norm
 
 
 @dataclass(frozen=True)
