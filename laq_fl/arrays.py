@@ -7,8 +7,8 @@ with ``gradients_on_device``). Element-wise float64 arithmetic is IEEE-exact in 
 payloads and copies bit for bit; only the sums in a squared norm may round differently in the last bits.
 
 Norms: ``np.dot`` and ``np.linalg.norm`` hand long vectors to a multi-threaded BLAS, whose worker threads then
-spin beside torch's OpenMP pool: on a 2-core machine that made every MLP gradient after a norm about 3x slower
-(45 ms -> 140 ms per worker; ``scripts/bench_rounds.py``). ``np.einsum`` sums on the calling thread, and its result
+spin beside torch's OpenMP pool: on a 2-core machine that made the driver's MLP iteration 2.99x the bare torch
+loop instead of about 1.1x (``scripts/bench_rounds.py``, README "Benchmarks"). ``np.einsum`` sums on the calling thread, and its result
 does not depend on how many threads a BLAS would have used, so workers and server agree on every bit.
 
 torch is imported only when a tensor comes in: the forwarding ClientApp (:mod:`laq_fl.flower.warm_worker`) and
@@ -86,7 +86,8 @@ def like(vector: np.ndarray, reference: Vector) -> Vector:
     if is_tensor(reference):
         import torch
 
-        return torch.as_tensor(np.ascontiguousarray(vector), device=reference.device).clone()
+        tensor = torch.as_tensor(np.ascontiguousarray(vector), device=reference.device)
+        return tensor.clone() if tensor.device.type == "cpu" else tensor  # on the CPU it would share the array's memory
     return vector
 
 

@@ -139,8 +139,7 @@ def partition_indices(
         raise ValueError(f"'shard': num-clients x shards-per-partition = {num_workers} x {shards_per_partition} shards "
                          f"of at least one sample each need {num_workers * shards_per_partition} samples, there are "
                          f"{num_samples}; lower shards-per-partition or num-clients")
-    classes = len(np.unique(labels))
-    if scheme == "pathological" and classes_per_partition > classes:
+    if scheme == "pathological" and classes_per_partition > (classes := len(np.unique(labels))):
         raise ValueError(f"'pathological': classes-per-partition = {classes_per_partition}, but the data have "
                          f"{classes} classes; choose at most {classes}")
     shards = _flower_datasets_partition(np.asarray(labels), num_workers, scheme, seed, alpha, classes_per_partition,

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from laq_fl.arrays import all_finite, is_tensor, to_numpy
+from laq_fl.arrays import all_finite, as_float64, is_tensor, to_numpy
 from laq_fl.codec import PayloadError, as_byte_array
 
 FLOAT32_LE = np.dtype("<f4")
@@ -97,32 +97,18 @@ class Compressor(ABC):
 
         Raises :class:`NonFiniteError` for NaN or inf entries, ``ValueError`` for another shape or a missing ``rng``.
         """
-        if is_tensor(vector):
-            return self._compress_checked_tensor(vector, rng)
-        values = np.asarray(vector)
-        if values.ndim != 1 or values.dtype.kind != "f":
-            raise ValueError(f"compress takes a flat float vector, got {values.dtype} with shape {values.shape}")
-        values = values.astype(np.float64)  # native byte order from here on
-        check_finite(values)
-        if self.needs_rng and rng is None:
-            raise ValueError(f"{self.name} is random: pass rng=compression_rng(seed, worker, iteration)")
-        compressed = self._compress(values, rng)
-        if not np.all(np.isfinite(compressed.value)):  # e.g. a value beyond the range of the wire's floats
-            raise NonFiniteError(f"{self.name} cannot represent this gradient: it compresses to NaN or inf")
-        return compressed
-
-    def _compress_checked_tensor(self, vector: Any, rng: np.random.Generator | None) -> Compressed:
-        import torch
-
-        if vector.ndim != 1 or not vector.is_floating_point():
+        tensor = is_tensor(vector)
+        if not tensor:
+            vector = np.asarray(vector)
+        if vector.ndim != 1 or not (vector.is_floating_point() if tensor else vector.dtype.kind == "f"):
             raise ValueError(f"compress takes a flat float vector, got {vector.dtype} with shape {tuple(vector.shape)}")
-        values = vector.detach().to(torch.float64)
+        values = as_float64(vector)  # numpy: native byte order from here on
         if not all_finite(values):
             check_finite(to_numpy(values))
         if self.needs_rng and rng is None:
             raise ValueError(f"{self.name} is random: pass rng=compression_rng(seed, worker, iteration)")
-        compressed = self._compress_tensor(values, rng)
-        if not all_finite(compressed.value):
+        compressed = self._compress_tensor(values, rng) if tensor else self._compress(values, rng)
+        if not all_finite(compressed.value):  # e.g. a value beyond the range of the wire's floats
             raise NonFiniteError(f"{self.name} cannot represent this gradient: it compresses to NaN or inf")
         return compressed
 

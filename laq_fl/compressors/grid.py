@@ -70,8 +70,8 @@ class Grid(Compressor):
             scaled += 0.5
             scaled.floor_().clamp_(0, top)
             levels = scaled.to(torch.uint8 if self.bits <= 8 else torch.int32)
-        value = levels.to(torch.float64) * (2.0 * float(radius) / top)  # an integer tensor times a float is float32 in torch
-        value -= float(radius)
+        # In float64 first: an integer tensor times a Python float is float32 in torch (numpy makes it float64).
+        value = self._dequantize(levels.to(torch.float64), float(radius))
 
         def pack() -> bytes:
             return scale_bytes(radius) + pack_levels(levels.cpu().numpy().astype(level_dtype(self.bits)), self.bits)
@@ -79,7 +79,7 @@ class Grid(Compressor):
         return Compressed(payload=pack, value=value)
 
     def _dequantize(self, levels: np.ndarray, radius: float) -> np.ndarray:
-        """Eq. (6) without the reference: ``2 tau R q - R``, float64."""
+        """Eq. (6) without the reference: ``2 tau R q - R``, float64 (numpy levels, or float64 tensor levels)."""
         value = levels * (2.0 * radius / (2**self.bits - 1))
         value -= radius
         return value
