@@ -1,11 +1,11 @@
 """Checkpoints of the server's state: one ``.npz`` file per run, replaced atomically.
 
 A checkpoint holds :meth:`~laq_fl.server_state.ServerState.to_arrays` (theta, theta_tilde, the lazy aggregate,
-every worker's copy, version, clock, ``||eps_hat||^2``, upload iterate and smoothness estimate, the last D
-parameter differences, the iteration) and a JSON ``meta`` record: the round it was taken after, the run config it
+every worker's record -- copy, version, clock, sync state, ``||eps_hat||^2``, upload iterate and smoothness
+estimate --, the last D parameter differences, the iteration) and a JSON ``meta`` record: the round it was taken after, the run config it
 belongs to and anything the caller adds. Nothing else is needed to go on: the random streams (minibatches,
 random compressors) are functions of (seed, worker, iteration), and each worker's own state comes back from the
-server's copy (:class:`~laq_fl.server_state.Restore`).
+server's copy (:class:`~laq_fl.protocol.Restore`).
 
 Written with :func:`numpy.savez` to a temporary file in the same folder, flushed to disk, then renamed over the
 old checkpoint (``os.replace``): a crash mid-write leaves the previous checkpoint whole.
@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = 1
+from laq_fl.errors import CheckpointError
+
+FORMAT = 2
+"""2: one column per field of :class:`~laq_fl.protocol.WorkerRecord` (1, before: sync state as two flags)."""
 META = "meta"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or belongs to another run configuration."""
 
 
 def save_checkpoint(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -56,7 +55,8 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, 
     except (OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"cannot read the checkpoint {path}: {error}") from error
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this version reads {FORMAT}")
+        raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this version of laq-fl reads "
+                              f"format {FORMAT} (resume it with the version that wrote it)")
     return arrays, meta
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from laq_fl.errors import PayloadError
+
+__all__ = ["MAX_CODE_BITS", "PayloadError", "as_byte_array", "level_dtype", "pack_levels", "packed_size", "unpack_levels",
+           "validate_bits"]
+
 MAX_CODE_BITS = 16
 
 
@@ -22,10 +27,6 @@ def validate_bits(bits: int) -> int:
 def level_dtype(bits: int) -> np.dtype:
     """Smallest unsigned dtype that holds a code in ``[0, 2**bits - 1]``."""
     return np.dtype(np.uint8) if bits <= 8 else np.dtype(np.uint16)
-
-
-class PayloadError(ValueError):
-    """A payload whose bytes, type, length, codes or floats do not fit what the receiver expects."""
 
 
 def packed_size(bits: int, count: int) -> int:

@@ -55,7 +55,9 @@ from laq_fl.compressors import (
     ParameterError,
     build_compressor,
 )
+from laq_fl.errors import ConfigError
 from laq_fl.memory import MEMORIES, Memory, NoMemory, memory_named
+from laq_fl.part_state import declared
 from laq_fl.skip_rules import (
     DEFAULT_T_BAR,
     RULES,
@@ -71,14 +73,6 @@ FULL_PRECISION = 32
 FULL = "full"
 MINIBATCH = "minibatch"
 GRADIENTS = (FULL, MINIBATCH)
-
-
-class ConfigError(ValueError):
-    """An invalid setting; ``key`` names it and the message says what is allowed."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -97,6 +91,7 @@ class AlgorithmSpec:
         ):
             if value not in registry:
                 raise ValueError(f"algorithm {self.name!r}: unknown {kind} {value!r}; registered: {', '.join(registry)}")
+        declared((COMPRESSORS[self.compressor], MEMORIES[self.memory], RULES[self.rule].worker))  # no name twice
         if MEMORIES[self.memory].keeps_residual and RULES[self.rule].lazy:
             # On a skip nothing moves on either side, so the skipped gradient would be neither sent nor kept.
             raise ValueError(f"algorithm {self.name!r}: the {self.memory} memory needs a rule that never skips")
@@ -287,9 +282,11 @@ class ProblemConfig:
     classes_per_partition: int = 2
     shards_per_partition: int = 2
     device: str = "cpu"
-    """Where gradients and evaluation run: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (cuda when torch sees a GPU)."""
+    """Where gradients and evaluation run: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (cuda when torch sees a GPU);
+    only its spelling is checked here (:func:`laq_fl.problem.check_problem` asks torch)."""
     task: str = ""
-    """A built-in task's name or ``"package.module:attribute"`` (:mod:`laq_fl.tasks`); empty: ``<dataset>-<model>``."""
+    """A built-in task's name or ``"package.module:attribute"`` (:mod:`laq_fl.tasks`); empty: ``<dataset>-<model>``;
+    resolved (imported, its files read) by :func:`laq_fl.problem.check_problem`, not here."""
 
     @property
     def task_spec(self) -> str:
@@ -311,15 +308,9 @@ class ProblemConfig:
         _positive_float("dirichlet_alpha", self.dirichlet_alpha)
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.device.startswith("cuda"):
-            from laq_fl.devices import check_cuda  # imports torch
-
-            check_cuda(self.device)
         _positive_int("classes_per_partition", self.classes_per_partition)
         _positive_int("shards_per_partition", self.shards_per_partition)
-        if self.task:
-            from laq_fl.tasks import (
-                resolve_task,  # imports torch and, for a user's task, the user's module
-            )
-
-            resolve_task(self.task)
+        if not isinstance(self.task, str):
+            raise ConfigError("task", f"must be a string, got {self.task!r}")
+        # No I/O here: whether torch sees the device and whether the task imports and fits its data is checked where
+        # the problem is built (laq_fl.problem.check_problem, which the ServerApp calls before round 1).

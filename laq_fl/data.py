@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from laq_fl.errors import DatasetNotFoundError
+
 MNIST_RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -34,10 +36,6 @@ MNIST_RAW_FILES = (
 )
 NUM_FEATURES = 784
 NUM_CLASSES = 10
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are absent and could not be downloaded."""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import functools
 
 import torch
 
-from laq_fl.config import ConfigError
+from laq_fl.errors import ConfigError
 
 
 def check_cuda(device: str) -> None:
-    """Raise :class:`~laq_fl.config.ConfigError` (key ``device``) unless torch can use CUDA device ``device``."""
+    """Raise :class:`~laq_fl.errors.ConfigError` (key ``device``) unless torch can use CUDA device ``device``."""
     if not torch.cuda.is_available():
         raise ConfigError("device", f"{device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}, "
                           f"built for CUDA {torch.version.cuda}); use device = \"cpu\" or \"auto\"")

@@ -28,13 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from laq_fl.compressors import Compressor
+from laq_fl.errors import StaleIterateError
 
 NO_VERSION = -1
 """The version of a worker that holds no ``theta_tilde`` (one-way broadcasts, or none received yet)."""
-
-
-class StaleIterateError(ValueError):
-    """A worker was sent innovations for a version of ``theta_tilde`` it does not hold."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ class Downlink:
     def step(self, theta: np.ndarray) -> None:
         """Compress ``theta - theta_tilde`` and move ``theta_tilde`` by what the workers will decode.
 
-        Raises :class:`~laq_fl.compressors.NonFiniteError` (nothing changes) when theta holds NaN or inf.
+        Raises :class:`~laq_fl.errors.NonFiniteError` (nothing changes) when theta holds NaN or inf.
         """
         compressed = self.compressor.compress(theta.astype(np.float64) - self.theta_tilde, None)
         self.theta_tilde = advance(self.theta_tilde, compressed.value)
@@ -127,7 +124,7 @@ def receive(
     """The worker's side: its ``theta_tilde`` after the broadcast (a new array), from the one it holds at ``version``.
 
     Raises :class:`StaleIterateError` when the innovations apply to another version than the worker's, and
-    :class:`~laq_fl.codec.PayloadError` for a malformed innovation; the worker's state is then unchanged.
+    :class:`~laq_fl.errors.PayloadError` for a malformed innovation; the worker's state is then unchanged.
     """
     if broadcast.theta is not None:
         return np.array(broadcast.theta, copy=True)

@@ -16,35 +16,59 @@ from laq_fl.compressors import compression_rng
 from laq_fl.config import AlgorithmConfig, ProblemConfig
 from laq_fl.data import minibatch_indices
 from laq_fl.problem import Problem, build_problem
+from laq_fl.protocol import RoundStats
 from laq_fl.server_state import ServerState
 from laq_fl.worker import WorkerParts, WorkerState, local_round
 
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """Iteration k: uploads and losses at ``theta^k``; test metrics at ``theta^{k+1}``, the model it produced.
-    With two-way broadcasts both are at the workers' ``theta_tilde`` (the model everyone holds).
+    """Iteration k: what it counted (``stats``, the Flower app's round statistics, at ``theta^k``) and the test
+    metrics at ``theta^{k+1}``, the model it produced. With two-way broadcasts both are at the workers'
+    ``theta_tilde`` (the model everyone holds). This is the row of round ``k + 1`` in the Flower app's results file.
 
-    This is the row of round ``k + 1`` in the Flower app's results file.
+    ``stats`` holds uploads, skips, not-contacted workers, the uplink and downlink payload bits (the iterate's bits:
+    ``32 p`` per worker contacted one-way; two-way, the downlink compressor's count per innovation, or ``32 p`` for a
+    full ``theta_tilde``), full broadcasts, and the mean of the losses the contacted workers reported
+    (``train_loss`` and ``loss_reports``); no bytes (the driver has no wire) and no faults.
     """
 
     iteration: int
-    uploads: int
-    payload_bits: int
-    """Uplink: the compressors' counts over this iteration's uploads."""
+    stats: RoundStats
     train_loss: float
     """``f(theta^k) / M``; for minibatch members, on the full data only at evaluated iterations (else NaN)."""
-    minibatch_loss: float
-    """Mean of the losses the workers reported on the data they used this iteration."""
     test_loss: float
     test_accuracy: float
     seconds: float
-    downlink_bits: int = 0
-    """The iterate's bits in this iteration's broadcasts: ``32 p`` per worker contacted one-way; two-way, the
-    downlink compressor's count per innovation sent, or ``32 p`` for a full ``theta_tilde``."""
-    full_broadcasts: int = 0
-    """Two-way: workers sent the full ``theta_tilde`` (first contact, or behind by more than the recent innovations)."""
-    contacted: int = 0
+
+    @property
+    def uploads(self) -> int:
+        return self.stats.uploads
+
+    @property
+    def payload_bits(self) -> int:
+        """Uplink: the compressors' counts over this iteration's uploads."""
+        return self.stats.payload_bits
+
+    @property
+    def downlink_bits(self) -> int:
+        """The iterate's bits in this iteration's broadcasts."""
+        return self.stats.downlink_payload_bits
+
+    @property
+    def full_broadcasts(self) -> int:
+        """Two-way: workers sent the full ``theta_tilde`` (first contact, or behind by more than the recent innovations)."""
+        return self.stats.full_broadcasts
+
+    @property
+    def contacted(self) -> int:
+        """Workers that computed this iteration (the rule's server half may leave some alone)."""
+        return self.stats.uploads + self.stats.skips
+
+    @property
+    def minibatch_loss(self) -> float:
+        """Mean of the losses the workers reported on the data they used this iteration."""
+        return self.stats.train_loss
 
 
 @dataclass
@@ -107,19 +131,17 @@ def run_in_process(
     for k in range(iterations):
         started = time.perf_counter()
         theta = server.iterate  # where the workers compute: theta^k, or theta_tilde^k with two-way broadcasts
-        uploads = 0
-        bits_sent = 0
-        downlink_bits = 0
-        full_broadcasts = 0
+        stats = RoundStats()
         losses = []
         for m, (objective, state) in enumerate(zip(problem.objectives, workers)):
             instruction = server.instruction(m)
             if instruction is None:  # the rule's server half does not contact m this round
                 server.skip(m)
+                stats.not_contacted += 1
                 continue
             broadcast = server.broadcast(m)
-            downlink_bits += broadcast.payload_bits(downlink, problem.size)
-            full_broadcasts += broadcast.full and downlink is not None
+            stats.downlink_payload_bits += broadcast.payload_bits(downlink, problem.size)
+            stats.full_broadcasts += broadcast.full and downlink is not None
             worker_theta = state.receive(broadcast, downlink)
             batch = minibatch_indices(objective.num_samples, algorithm.batch_size, config.seed, m, k) if minibatch else None
             rng = compression_rng(config.seed, m, k) if parts.compressor.needs_rng else None
@@ -128,15 +150,17 @@ def run_in_process(
             server.delivered(m)
             if payload is None:
                 server.skip(m)
+                stats.skips += 1
             else:
                 server.accept(m, payload, workers[m].last_error_sq)
-                uploads += 1
-                bits_sent += server.payload_bits(payload)
+                stats.uploads += 1
+                stats.payload_bits += server.payload_bits(payload)
+        stats.train_loss = float(np.mean(losses)) if losses else float("nan")
+        stats.loss_reports = len(losses)
 
         evaluated = evaluate_every > 0 and (k % evaluate_every == 0 or k == iterations - 1)
-        minibatch_loss = float(np.mean(losses)) if losses else float("nan")
         if not minibatch and len(losses) == num_workers:
-            train_loss = minibatch_loss
+            train_loss = stats.train_loss
         elif not minibatch:  # a server-side rule left workers out: f(theta)/M computed here, every iteration
             train_loss = problem.training_loss(theta)
         else:
@@ -144,21 +168,8 @@ def run_in_process(
         server.step()
         model = server.iterate  # theta^{k+1}, or theta_tilde^{k+1}: the model the workers will hold
         test_loss, test_accuracy = problem.test_metrics(model) if evaluated else (float("nan"), float("nan"))
-        result.records.append(
-            IterationRecord(
-                iteration=k,
-                uploads=uploads,
-                payload_bits=bits_sent,
-                train_loss=train_loss,
-                minibatch_loss=minibatch_loss,
-                test_loss=test_loss,
-                test_accuracy=test_accuracy,
-                seconds=time.perf_counter() - started,
-                downlink_bits=downlink_bits,
-                full_broadcasts=full_broadcasts,
-                contacted=len(losses),
-            )
-        )
+        result.records.append(IterationRecord(iteration=k, stats=stats, train_loss=train_loss, test_loss=test_loss,
+                                              test_accuracy=test_accuracy, seconds=time.perf_counter() - started))
         if on_iteration is not None:
             on_iteration(k, server, workers)
         if on_record is not None:

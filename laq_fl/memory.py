@@ -14,32 +14,34 @@ name                   compressed vector                new copy (worker and ser
 
 ``reference`` is LAQ's (eq. 5-6: the innovation is quantized against the last upload, and both sides
 update identical copies); ``error-feedback`` is EF-SignSGD's and DGC's (the residual stays on the worker).
-The state they use lives in :class:`~laq_fl.worker.WorkerState`, plain arrays and scalars with a
-version counter. On a skip nothing moves, on either side.
+A memory is one object shared by every worker; what it keeps per worker it declares in ``state_arrays``
+(:mod:`laq_fl.part_state`), and the worker holds those arrays for it. On a skip nothing moves, on either side.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from laq_fl.arrays import cast
-
-if TYPE_CHECKING:
-    from laq_fl.worker import WorkerState
+from laq_fl.part_state import HoldsState, StateArray
 
 
 class Memory(ABC):
-    """How the compressed vector and the new copy are formed; stateless (the state is the worker's)."""
+    """How the compressed vector and the new copy are formed. One instance serves every worker: per-worker
+    state is declared in :attr:`state_arrays` and lives in the worker's ``held`` arrays."""
 
     name: ClassVar[str]
+    state_arrays: ClassVar[tuple[StateArray, ...]] = ()
+    """The arrays this memory keeps per worker (:class:`~laq_fl.part_state.StateArray`)."""
     keeps_residual: ClassVar[bool] = False
-    """True when :class:`~laq_fl.worker.WorkerState` must hold an error-feedback residual."""
+    """True when what it keeps must move every round (a residual): a rule that skips would lose the skipped
+    gradient, so such a memory needs a rule that never skips."""
 
     @abstractmethod
-    def compensate(self, grad: np.ndarray, state: WorkerState) -> np.ndarray:
+    def compensate(self, grad: np.ndarray, state: HoldsState) -> np.ndarray:
         """The float64 vector to compress, shape ``(p,)``, from the gradient (float64) and the worker's state."""
 
     def reconstruct(self, previous: np.ndarray | None, decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -50,7 +52,7 @@ class Memory(ABC):
         """
         return cast(decoded, dtype)
 
-    def update(self, state: WorkerState, target: np.ndarray, new_copy: np.ndarray) -> None:  # noqa: B027 - a hook
+    def update(self, state: HoldsState, target: np.ndarray, new_copy: np.ndarray) -> None:  # noqa: B027 - a hook
         """After an upload: update worker-only state (``target`` is what was compressed); most keep none."""
 
 
@@ -59,7 +61,7 @@ class NoMemory(Memory):
 
     name = "none"
 
-    def compensate(self, grad: np.ndarray, state: WorkerState) -> np.ndarray:
+    def compensate(self, grad: np.ndarray, state: HoldsState) -> np.ndarray:
         return grad
 
 
@@ -68,7 +70,7 @@ class ReferenceCopy(Memory):
 
     name = "reference"
 
-    def compensate(self, grad: np.ndarray, state: WorkerState) -> np.ndarray:
+    def compensate(self, grad: np.ndarray, state: HoldsState) -> np.ndarray:
         return grad - state.copy
 
     def reconstruct(self, previous: np.ndarray | None, decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -81,14 +83,18 @@ class ErrorFeedback(Memory):
     """Compress ``v = g + e``; keep ``e <- v - Q`` on the worker (Karimireddy et al. 2019; DGC's accumulation)."""
 
     name = "error-feedback"
+    residual = StateArray("residual", "float64", on_device=True)
+    """``e``, float64, where the gradient is."""
+    state_arrays = (residual,)
     keeps_residual = True
 
-    def compensate(self, grad: np.ndarray, state: WorkerState) -> np.ndarray:
-        return grad if state.residual is None else grad + state.residual
+    def compensate(self, grad: np.ndarray, state: HoldsState) -> np.ndarray:
+        residual = state.held.get(self.residual.name)
+        return grad if residual is None else grad + residual
 
-    def update(self, state: WorkerState, target: np.ndarray, new_copy: np.ndarray) -> None:
+    def update(self, state: HoldsState, target: np.ndarray, new_copy: np.ndarray) -> None:
         # Against the copy the server holds (after rounding to its dtype), so nothing is lost or counted twice.
-        state.residual = target - new_copy
+        state.held[self.residual.name] = target - new_copy
 
 
 MEMORIES: dict[str, Memory] = {memory.name: memory for memory in (NoMemory(), ReferenceCopy(), ErrorFeedback())}

@@ -29,6 +29,18 @@ def task_of(config: ProblemConfig) -> Task:
     return resolve_task(config.task_spec)
 
 
+def check_problem(config: ProblemConfig) -> Task:
+    """What :class:`~laq_fl.config.ProblemConfig` cannot check without I/O: the task resolves (a user's module imports,
+    a LIBSVM file parses) and torch sees the device. The ServerApp calls this before it waits for any node; a worker
+    meets the same errors when it builds its objective.
+
+    Raises :class:`~laq_fl.errors.ConfigError` naming ``task`` or ``device``.
+    """
+    task = task_of(config)
+    resolve_device(config.device)
+    return task
+
+
 def flat_model(config: ProblemConfig) -> FlatModel:
     """A fresh instance of the task's module, with its flat-vector layout."""
     return FlatModel(build_task_module(task_of(config)))

@@ -1,6 +1,7 @@
 """The per-round results file of a run: JSON Lines, one object per round, flushed as it goes, and a last line
 ``{"status": "completed" | "failed", ...}`` that says how the run ended (absent: it was killed or is running).
-:func:`read_results` splits a file into its rounds and that status."""
+:func:`read_results` splits a file into its rounds and that status. A row's columns are the round's
+:class:`~laq_fl.protocol.RoundStats` (kebab-case), cumulative twins, the caller's extra columns and the times."""
 
 from __future__ import annotations
 
@@ -11,19 +12,22 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from laq_fl.protocol import RoundStats
+
 CUMULATIVE = ("uploads", "payload-bits", "downlink-payload-bits", "uplink-bytes", "downlink-bytes", "total-bytes")
 
 
 class RoundLog:
     """Adds cumulative columns and wall time to each round's row and appends it to ``path``.
 
-    Columns: ``round``, ``algorithm``, ``uploads``/``uploads-cum``, ``payload-bits``/``-cum`` (uplink) and
-    ``downlink-payload-bits``/``-cum`` (the iterate's bits in the broadcasts), ``uplink-bytes``/``-cum``,
-    ``downlink-bytes``/``-cum`` and ``total-bytes``/``-cum`` (both directions, measured from Flower's
-    serialisation), ``skips``, ``rejected``, ``not-contacted``, ``full-broadcasts``, ``train-loss`` (the mean of
-    the f_m(theta^{k-1}) reported this round) and ``loss-reports`` (how many: M in report rounds when every worker
-    was contacted, else the uploaders) and ``train-loss-of`` (which of the two), ``test-loss`` and ``test-accuracy`` (at theta^k), ``round-seconds`` and
-    ``wall-seconds``.
+    Columns: ``round``, ``algorithm``, every field of :class:`~laq_fl.protocol.RoundStats` under its kebab-case name
+    (``uploads``, ``skips``, ``rejected``, ``lost``, ``resyncs``, ``restores``, ``not-contacted``, ``identified``,
+    ``duplicates``, ``unserved``, ``full-broadcasts``, ``payload-bits`` (uplink), ``downlink-payload-bits`` (the
+    iterate's bits in the broadcasts), ``uplink-bytes``, ``downlink-bytes``, ``identify-bytes`` (measured from
+    Flower's serialisation), ``train-loss`` (the mean of the f_m(theta^{k-1}) accepted this round), ``loss-reports``
+    and ``loss-missing``), ``total-bytes`` (both directions), a ``-cum`` total beside each of :data:`CUMULATIVE`, the
+    caller's extra columns (the ServerApp's ``train-loss-of``, ``test-loss``, ``test-accuracy`` at theta^k), then
+    ``round-seconds`` and ``wall-seconds``.
 
     ``resume_after=r`` continues an existing file (a resumed run): its rounds ``0..r`` are kept with their totals,
     any later rows and status line dropped (atomically), and new rows appended. Raises ``ValueError`` when the file
@@ -52,8 +56,10 @@ class RoundLog:
         self._started = time.perf_counter() - wall
         self._last = time.perf_counter()
 
-    def record(self, server_round: int, **columns: Any) -> dict[str, Any]:
+    def record(self, server_round: int, stats: RoundStats, **extra: Any) -> dict[str, Any]:
+        """Append the row of ``server_round``: ``stats``' columns, then ``extra`` ones; returns the row."""
         now = time.perf_counter()
+        columns = {**stats.metrics(), **extra}
         row: dict[str, Any] = {"round": server_round, "algorithm": self.algorithm}
         if "uplink-bytes" in columns and "downlink-bytes" in columns:
             columns["total-bytes"] = columns["uplink-bytes"] + columns["downlink-bytes"]

@@ -1,6 +1,6 @@
 """The Flower run config (``[tool.flwr.app.config]``, kebab-case keys) parsed once into frozen settings.
 
-Every key lives here. Parsing checks types and values and raises :class:`~laq_fl.config.ConfigError`
+Every key lives here. Parsing checks types and values and raises :class:`~laq_fl.errors.ConfigError`
 naming the key and what it allows, so a bad run stops before round 1.
 """
 

@@ -20,9 +20,12 @@ rule               worker skips when                                            
 ``thr = (1/(alpha^2 M^2)) sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2`` is the same for every worker, so the
 server computes it (:func:`lazy_threshold`). Criterion (7b) wraps any lazy rule's server half
 (:class:`ForcedAfter`): after ``t_bar`` consecutive skips the upload is forced. Whatever the rule, the
-server forces the upload, *with a reset* to ``Q_hat = 0`` on both sides, of a worker it holds no copy of (new,
-or dropped while it was gone: it may come back with its old state) and of a worker whose last reply it lost
-(it cannot know whether the worker moved its ``Q_hat``).
+server forces the upload, *with a reset* to ``Q_hat = 0`` on both sides, of a worker it holds no copy of or whose
+last reply it lost (:attr:`laq_fl.protocol.WorkerRecord.needs_reset`): a half never sees to that.
+
+A server half reads the server's :class:`ServerView` and the worker's record (:class:`WorkerView`); a worker half
+decides from :class:`Evidence`. A half that keeps per-worker arrays declares them (``state_arrays``,
+:mod:`laq_fl.part_state`) and the worker holds them for it.
 
 ``ps`` is the server-side rule: before the round the server skips worker m -- no message, no computation, no
 reply, its stale copy stays in the aggregate -- when ``L_m^2 ||theta^k - theta_hat_m||^2`` (``theta_hat_m``: the
@@ -40,19 +43,19 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from laq_fl.arrays import squared_norm
+from laq_fl.part_state import HoldsState, StateArray
 
 DEFAULT_D = 10
 DEFAULT_XI_SUM = 0.8
 DEFAULT_T_BAR = 100
 
-WorkerKey = Hashable
 
 
 def default_xi(num_differences: int = DEFAULT_D, total: float = DEFAULT_XI_SUM) -> tuple[float, ...]:
@@ -110,52 +113,64 @@ class ServerView(Protocol):
     """What a server half may read of the server's state."""
 
     recent_sq_diffs: Sequence[float]
-    skip_clocks: dict
-    copies: dict
-    out_of_sync: set
     theta: np.ndarray
     iterate: np.ndarray
     """Where workers compute this round (``theta_tilde`` with two-way broadcasts)."""
     iteration: int
-    upload_iterates: dict
-    """``theta_hat_m`` per worker; kept only when the rule's server half ``needs_upload_iterates``."""
-    smoothness: dict
-    """The server's estimate of ``L_m`` per worker (see ``ps``)."""
+
+
+class WorkerView(Protocol):
+    """What a server half may read of the server's record of one worker (:class:`laq_fl.protocol.WorkerRecord`)."""
+
+    copy: Any
+    """``Q_hat_m`` as the server holds it, ``None`` before the first upload."""
+    skip_clock: int
+    """Consecutive rounds without an upload (skips or no contact), for (7b)."""
+    upload_iterate: np.ndarray | None
+    """``theta_hat_m``; kept only when the rule's server half ``needs_upload_iterates``."""
+    smoothness: float | None
+    """The server's estimate of ``L_m`` (see ``ps``)."""
 
 
 class ServerHalf(ABC):
     """Decides, per worker and round, the :class:`Instruction` to send, or ``None`` for no contact.
 
-    A half need not handle resyncs: the server forces a reset upload whenever :func:`needs_resync` holds.
+    A half need not handle resyncs: the server forces a reset upload whenever the worker needs one.
     """
 
     needs_upload_iterates: ClassVar[bool] = False
-    """True when the half reads ``upload_iterates`` and ``smoothness``, which the server then keeps."""
+    """True when the half reads ``upload_iterate`` and ``smoothness``, which the server then keeps."""
 
     @abstractmethod
-    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None: ...
+    def instruct(self, server: ServerView, worker: WorkerView) -> Instruction | None: ...
 
 
 class WorkerHalf(ABC):
-    """Decides upload or skip; declares the evidence it needs beyond the innovation and errors."""
+    """Decides upload or skip from :class:`Evidence`.
 
-    needs_same_sample: ClassVar[bool] = False
+    A half that needs evidence beyond the innovation and the errors computes it in :meth:`extra_evidence` (called
+    before the compression, unless the upload is forced) and keeps what it needs in its declared ``state_arrays``.
+    """
+
+    state_arrays: ClassVar[tuple[StateArray, ...]] = ()
+    """The arrays this half keeps per worker (:class:`~laq_fl.part_state.StateArray`)."""
 
     @abstractmethod
     def skip(self, evidence: Evidence, threshold: float) -> bool: ...
 
+    def extra_evidence(self, state: HoldsState, gradient_at: Callable[[np.ndarray], Any], grad: Any) -> float | None:
+        """``Evidence.same_sample_change`` or another extra number; ``gradient_at(theta)`` computes the gradient at
+        another iterate on this round's data (it costs a gradient). The base half needs none."""
+        return None
 
-def needs_resync(server: ServerView, worker: WorkerKey) -> bool:
-    """True for a worker the server holds no copy of (new, or dropped while it was gone) or whose last reply
-    was lost: it must upload from ``Q_hat = 0``, whatever it still holds. The server applies this on top of
-    every rule's server half (:meth:`~laq_fl.server_state.ServerState.instruction`)."""
-    return worker in server.out_of_sync or worker not in server.copies
+    def uploaded(self, state: HoldsState, theta: np.ndarray) -> None:  # noqa: B027 - a hook
+        """After an upload computed at ``theta``: update the half's own arrays; most keep none."""
 
 
 class AlwaysUpload(ServerHalf):
     """Every worker uploads every round."""
 
-    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
+    def instruct(self, server: ServerView, worker: WorkerView) -> Instruction:
         return Instruction(threshold=0.0, force_upload=True)
 
 
@@ -171,7 +186,7 @@ class SharedThreshold(ServerHalf):
     def threshold(self, server: ServerView) -> float:
         return lazy_threshold(server.recent_sq_diffs, self.xi, self.lr, self.num_workers, self.warmup)
 
-    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction:
+    def instruct(self, server: ServerView, worker: WorkerView) -> Instruction:
         return Instruction(threshold=self.threshold(server), force_upload=False)
 
 
@@ -186,9 +201,9 @@ class ForcedAfter(ServerHalf):
     def needs_upload_iterates(self) -> bool:  # type: ignore[override]
         return self.inner.needs_upload_iterates
 
-    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None:
+    def instruct(self, server: ServerView, worker: WorkerView) -> Instruction | None:
         instruction = self.inner.instruct(server, worker)
-        if server.skip_clocks.get(worker, 0) < self.t_bar:
+        if worker.skip_clock < self.t_bar:
             return instruction
         if instruction is None:
             return Instruction(threshold=0.0, force_upload=True)
@@ -207,11 +222,11 @@ class IterateDistance(ServerHalf):
     smoothness: float = 0.0
     needs_upload_iterates: ClassVar[bool] = True
 
-    def instruct(self, server: ServerView, worker: WorkerKey) -> Instruction | None:
+    def instruct(self, server: ServerView, worker: WorkerView) -> Instruction | None:
         threshold = self.threshold.threshold(server)
         instruction = Instruction(threshold=threshold, force_upload=False)
-        last = server.upload_iterates.get(worker)
-        lipschitz = self.smoothness or server.smoothness.get(worker)
+        last = worker.upload_iterate
+        lipschitz = self.smoothness or worker.smoothness
         if last is None or lipschitz is None:
             return instruction
         moved = server.iterate.astype(np.float64) - last
@@ -231,14 +246,29 @@ class InnovationTest(WorkerHalf):
 
 
 class SameSampleTest(WorkerHalf):
-    """LASG-WK2: skip when the gradient on this round's minibatch moved little since theta_hat."""
+    """LASG-WK2 (Chen, Yin, Sun 2020): skip when the gradient on this round's minibatch moved little since
+    ``theta_hat``, the iterate of the last upload: ``||grad l(theta^k; xi) - grad l(theta_hat; xi)||^2 <= thr``.
+    Costs a second gradient per round (at ``theta_hat`` on the same minibatch); before the first upload it uploads."""
 
-    needs_same_sample = True
+    theta_hat = StateArray("theta-hat", upload_iterate=True)
+    """``theta_hat``, the run's dtype; the server keeps the same iterate and restores it."""
+    state_arrays = (theta_hat,)
 
     def skip(self, evidence: Evidence, threshold: float) -> bool:
         if evidence.same_sample_change is None:
             raise ValueError("the same-sample rule needs Evidence.same_sample_change")
         return evidence.same_sample_change <= threshold
+
+    def extra_evidence(self, state: HoldsState, gradient_at: Callable[[np.ndarray], Any], grad: Any) -> float:
+        theta_hat = state.held.get(self.theta_hat.name)
+        if theta_hat is None:  # nothing to compare with: upload
+            return float("inf")
+        stale = gradient_at(theta_hat)
+        stale -= grad
+        return squared_norm(stale)
+
+    def uploaded(self, state: HoldsState, theta: np.ndarray) -> None:
+        state.held[self.theta_hat.name] = np.array(theta, copy=True)
 
 
 @dataclass(frozen=True)

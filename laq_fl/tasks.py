@@ -43,17 +43,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from laq_fl.config import ConfigError
-from laq_fl.data import Dataset, DatasetNotFoundError, load_dataset
+from laq_fl.errors import ConfigError, DatasetNotFoundError, TaskError
+from laq_fl.data import Dataset, load_dataset
 from laq_fl.models import build_module
-
-
-class TaskError(ConfigError):
-    """A task that cannot run: its module and data do not fit (feature or class count, dtypes, empty sets,
-    non-finite values), or building or loading them failed. A :class:`~laq_fl.config.ConfigError` of key ``task``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("task", message)
 
 
 def build_task_module(task: Task) -> nn.Module:
@@ -212,7 +204,7 @@ register_task(BinaryLogisticTask("ijcnn1-logistic", "ijcnn1/ijcnn1.bz2", num_fea
 def resolve_task(spec: str) -> Task:
     """The task a run config's ``task`` names: a key of :data:`TASKS`, or ``"package.module:attribute"``.
 
-    Raises :class:`~laq_fl.config.ConfigError` (key ``task``) for an unknown name, a module that does not import,
+    Raises :class:`~laq_fl.errors.ConfigError` (key ``task``) for an unknown name, a module that does not import,
     a missing attribute, or one that is not a :class:`Task` (or a callable returning one).
     """
     if not isinstance(spec, str) or not spec:

@@ -16,6 +16,7 @@ results/runs/bytes-<setting>-<variant>.jsonl (one row per round).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -26,9 +27,10 @@ from flwr.app import ArrayRecord, MetricRecord
 from client_app import app as client_app
 from experiments import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, git_revision, machine, optimum
 from laq_fl.config import ProblemConfig
-from laq_fl.flower import InProcessGrid, LaqStrategy
+from laq_fl.flower import InProcessGrid, LaqStrategy, run_rounds
 from laq_fl.models import FlatModel
 from laq_fl.problem import build_problem
+from laq_fl.protocol import RoundStats
 from laq_fl.results import RoundLog
 from laq_fl.run_config import parse_run_config
 
@@ -86,18 +88,16 @@ def run_variant(
             test_loss, test_accuracy = problem.test_metrics(theta)
         else:  # written as null: the minibatch setting evaluates every few rounds only (it stops on no residual)
             residual = test_loss = test_accuracy = float("nan")
-        training = dict(strategy.round_metrics.get(server_round, {}))
-        training.pop("train-loss", None)  # the workers' reports; report-every = 0 makes them uploads only
-        training.setdefault("uplink-bytes", 0)
-        training.setdefault("downlink-bytes", 0)
-        log.record(server_round, **training, **{"residual": residual, "test-loss": test_loss, "test-accuracy": test_accuracy})
+        # The workers' reported losses are left out: report-every = 0 makes them the uploaders' only.
+        training = dataclasses.replace(strategy.round_stats.get(server_round, RoundStats()), train_loss=float("nan"))
+        log.record(server_round, training, **{"residual": residual, "test-loss": test_loss, "test-accuracy": test_accuracy})
         if tolerance is not None and residual <= tolerance:
             raise Reached
         return MetricRecord({"residual": residual, "test-accuracy": test_accuracy})
 
     theta0 = FlatModel.named(problem.config.model).initial_parameters(problem.config.init, problem.config.seed, problem.config.dtype)
     try:
-        strategy.start(grid, ArrayRecord([theta0]), num_rounds=settings.rounds, evaluate_fn=evaluate)
+        run_rounds(strategy, grid, ArrayRecord([theta0]), settings.rounds, evaluate_fn=evaluate)
     except Reached:
         pass
     finally:

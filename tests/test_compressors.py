@@ -156,8 +156,8 @@ def test_error_feedback_keeps_what_was_not_sent() -> None:
         sent_total += state.copy
         grad_total += grad
         # Invariant (PowerSGD's orig == sent + error): every gradient so far is either sent or in the residual.
-        np.testing.assert_allclose(sent_total + state.residual, grad_total, rtol=1e-12, atol=1e-12)
-    assert np.count_nonzero(state.residual) > 0
+        np.testing.assert_allclose(sent_total + state.held["residual"], grad_total, rtol=1e-12, atol=1e-12)
+    assert np.count_nonzero(state.held["residual"]) > 0
 
 
 def test_baseline_settings_are_validated() -> None:

@@ -13,7 +13,7 @@ from laq_fl.config import ALGORITHMS, AlgorithmConfig, ConfigError, ProblemConfi
 from laq_fl.devices import resolve_device
 from laq_fl.driver import run_in_process
 from laq_fl.flower.client import store_state, stored_state
-from laq_fl.problem import build_problem
+from laq_fl.problem import build_problem, check_problem
 from laq_fl.run_config import parse_run_config
 from laq_fl.worker import WorkerState
 
@@ -31,8 +31,9 @@ def test_an_unknown_device_is_refused_naming_the_key(value: str) -> None:
 @no_gpu
 @pytest.mark.parametrize("value", ["cuda", "cuda:1"])
 def test_cuda_without_a_gpu_stops_before_round_one_saying_what_to_do(value: str) -> None:
+    assert parse_run_config({"device": value}).problem.device == value  # parsing does no I/O
     with pytest.raises(ConfigError, match='torch sees no CUDA GPU.*use device = "cpu" or "auto"') as info:
-        parse_run_config({"device": value})
+        check_problem(parse_run_config({"device": value}).problem)
     assert info.value.key == "device"
 
 
@@ -79,11 +80,11 @@ def test_the_device_path_equals_the_numpy_path_bit_for_bit_on_the_cpu(algorithm:
 
 
 def test_a_worker_state_held_as_tensors_reads_back_stores_and_restores_as_numpy() -> None:
-    state = WorkerState(copy=np.arange(5, dtype=np.float32), residual=np.linspace(0, 1, 5), version=3)
+    state = WorkerState(copy=np.arange(5, dtype=np.float32), held={"residual": np.linspace(0, 1, 5)}, version=3)
     expected = {key: np.array(value) for key, value in state.to_arrays().items()}
     checksum = state.checksum()
-    state.to_device(torch.device("cpu"))
-    assert isinstance(state.copy, torch.Tensor) and isinstance(state.residual, torch.Tensor)
+    state.to_device(torch.device("cpu"), ["residual"])
+    assert isinstance(state.copy, torch.Tensor) and isinstance(state.held["residual"], torch.Tensor)
     arrays = state.to_arrays()
     assert set(arrays) == set(expected) and all(isinstance(value, np.ndarray) for value in arrays.values())
     for key, value in expected.items():

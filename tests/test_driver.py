@@ -17,6 +17,7 @@ from laq_fl.data import minibatch_indices
 from laq_fl.driver import run_in_process
 from laq_fl.models import build_module
 from laq_fl.problem import Problem, build_problem
+from laq_fl.protocol import Sync
 from laq_fl.server_state import ServerState
 from laq_fl.worker import WorkerState
 
@@ -119,15 +120,15 @@ def test_aggregate_is_sum_of_copies_every_iteration(request: pytest.FixtureReque
         for m, worker in enumerate(workers):
             # Server and worker hold the very same Q_m(theta_hat_m), bit for bit, and count the same uploads.
             assert_same_bits(to_numpy(server.copies[m]), to_numpy(worker.copy))
-            assert server.versions[m] == worker.version
+            assert server.record(m).version == worker.version
             if server.downlink is None:
                 assert worker.theta_tilde is None
                 assert worker.checksum() == server.checksum(m)
             else:  # the server knows which theta_tilde each worker holds: version k if m was contacted in round k
-                assert server.theta_versions[m] == worker.theta_version <= k < server.downlink.version
+                assert server.record(m).theta_version == worker.theta_version <= k < server.downlink.version
                 if worker.theta_version == k:
                     current.append(m)
-        final_versions.update(server.versions)
+        final_versions.update({m: record.version for m, record in server.workers.items()})
         checked.append(k)
 
     # t_bar = 5 makes lazy workers re-upload, so the invariant is checked on copies that moved, not only on round 0's.
@@ -211,8 +212,8 @@ def test_server_state_round_trips_through_arrays(request: pytest.FixtureRequest,
     assert saved["server"].keys() == again.keys()
     for key, value in saved["server"].items():
         assert_same_bits(again[key], value)
-    assert back.out_of_sync == {2} and back.instruction(2).reset
-    assert [back.versions[m] for m in range(4)] == [int(v["version"]) for v in saved["workers"]]
+    assert [m for m, record in back.workers.items() if record.sync is Sync.RESET] == [2] and back.instruction(2).reset
+    assert [back.record(m).version for m in range(4)] == [int(v["version"]) for v in saved["workers"]]
 
 
 @pytest.mark.parametrize("device", [None, torch.device("cpu")])

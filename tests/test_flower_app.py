@@ -13,9 +13,10 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from client_app import app as client_app
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.driver import run_in_process
-from laq_fl.flower import InProcessGrid, LaqStrategy, run_server
+from laq_fl.flower import InProcessGrid, LaqStrategy, run_rounds, run_server
 from laq_fl.flower.client import handle_train, load_state
 from laq_fl.models import FlatModel
+from laq_fl.protocol import Sync
 from laq_fl.results import read_results
 from laq_fl.run_config import RUN_CONFIG_SCHEMA
 
@@ -95,20 +96,20 @@ def test_lost_replies_resync_and_the_run_goes_on(task_identity) -> None:
     grid = InProcessGrid(flaky, 3, run_config)
     theta0 = FlatModel.named("logistic").initial_parameters("glorot", 0)
     strategy = LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4), 3)
-    strategy.start(grid, ArrayRecord([theta0]), num_rounds=8)
+    run_rounds(strategy, grid, ArrayRecord([theta0]), num_rounds=8)
 
     assert failures == [2, 3]
-    assert [strategy.round_metrics[r]["rejected"] for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
-    assert [strategy.round_metrics[r]["resyncs"] for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert [strategy.round_stats[r].rejected for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert [strategy.round_stats[r].resyncs for r in range(1, 9)] == [0, 0, 1, 1, 0, 0, 0, 0]
     state = strategy.state
-    assert not state.out_of_sync
+    assert all(record.sync is Sync.IN_SYNC for record in state.workers.values())
     for context in grid.contexts.values():
         node = context.node_config["partition-id"]  # the server keeps worker state per partition
         worker = load_state(context, state.size, np.float32)
         np.testing.assert_array_equal(state.copies[node], worker.copy)
-        assert state.versions[node] == worker.version
+        assert state.record(node).version == worker.version
     np.testing.assert_allclose(state.aggregate, sum(c.astype(np.float64) for c in state.copies.values()), atol=1e-12)
-    losses = [strategy.round_metrics[r]["train-loss"] for r in range(1, 9)]
+    losses = [strategy.round_stats[r].train_loss for r in range(1, 9)]
     assert losses[-1] < losses[0]
 
 
@@ -165,8 +166,8 @@ def test_a_big_endian_theta0_is_broadcast_in_native_order(task_identity) -> None
     results = []
     for start in (theta0, theta0.astype(">f4")):
         strategy = LaqStrategy(AlgorithmConfig(algorithm="dgc", density=np.float64(0.1)), 2)
-        strategy.start(InProcessGrid(handle_train, 2, run_config), ArrayRecord([start]), num_rounds=3)
-        assert sum(strategy.round_metrics[r]["rejected"] for r in (1, 2, 3)) == 0
+        run_rounds(strategy, InProcessGrid(handle_train, 2, run_config), ArrayRecord([start]), num_rounds=3)
+        assert sum(strategy.round_stats[r].rejected for r in (1, 2, 3)) == 0
         results.append(strategy.state.theta)
     np.testing.assert_array_equal(results[0], results[1])
 
@@ -177,14 +178,14 @@ def test_copies_agree_bit_for_bit_after_30_rounds_through_the_grid(task_identity
     config = AlgorithmConfig(algorithm=algorithm, bits=3, lr=0.05, batch_size=100, t_bar=4, density=0.2)
     grid = InProcessGrid(handle_train, 3, run_config)
     strategy = LaqStrategy(config, 3)
-    strategy.start(grid, ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)]), num_rounds=30)
+    run_rounds(strategy, grid, ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)]), num_rounds=30)
     state = strategy.state
-    assert sum(strategy.round_metrics[r]["rejected"] for r in range(1, 31)) == 0
+    assert sum(strategy.round_stats[r].rejected for r in range(1, 31)) == 0
     for context in grid.contexts.values():
         node = context.node_config["partition-id"]  # the server keeps worker state per partition
         worker = load_state(context, state.size, np.float32)
         assert_same_bits(state.copies[node], worker.copy)
-        assert state.versions[node] == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)
+        assert state.record(node).version == worker.version >= 3  # re-uploaded after round 1 (t_bar = 4 forces it)
     copies = sum(copy.astype(np.float64) for copy in state.copies.values())
     np.testing.assert_allclose(state.aggregate, copies, rtol=1e-12, atol=1e-12)
 
@@ -201,3 +202,27 @@ def test_results_say_how_each_rounds_loss_is_formed(tmp_path, task_identity) -> 
         assert row["loss-reports"] == expected
         assert row["total-bytes"] == row["uplink-bytes"] + row["downlink-bytes"]
     assert rows[0]["train-loss-of"] == "none"
+
+
+@pytest.mark.parametrize("algorithm", ["laq", "slaq-wk2", "laq-ps"])
+def test_flowers_own_start_loop_runs_the_strategy_as_the_serverapp_loop_does(task_identity, algorithm: str) -> None:
+    """The strategy implements only Flower's hooks: Flower's Strategy.start drives it to the same iterate, bit for bit,
+    as the ServerApp's loop (run_rounds), with no fault for the follow-up to mend."""
+    run_config = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused", "batch-size": 100}
+    config = AlgorithmConfig(algorithm=algorithm, bits=4, lr=0.05, batch_size=100, t_bar=3)
+    theta0 = ArrayRecord([FlatModel.named("logistic").initial_parameters("glorot", 0)])
+    ours = LaqStrategy(config, 3, report_every=2)
+    run_rounds(ours, InProcessGrid(client_app, 3, run_config), theta0, 8)
+    flowers = LaqStrategy(config, 3, report_every=2, num_rounds=8)
+    result = flowers.start(InProcessGrid(client_app, 3, run_config), theta0, num_rounds=8)
+    assert_same_bits(result.arrays.to_numpy_ndarrays()[0], ours.state.iterate)
+    counts = ("uploads", "skips", "rejected", "not_contacted", "payload_bits", "downlink_payload_bits", "loss_reports")
+    assert [[getattr(s, key) for key in counts] for s in flowers.round_stats.values()] == \
+        [[getattr(s, key) for key in counts] for s in ours.round_stats.values()]
+
+
+def test_a_strategy_config_that_is_not_laqs_is_refused() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    with pytest.raises(TypeError, match="needs a laq_fl.config.AlgorithmConfig, got FedAvg"):
+        LaqStrategy(FedAvg(), 3)

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDi
 
 from laq_fl.config import AlgorithmConfig
 from laq_fl.downlink import NO_VERSION, Broadcast
-from laq_fl.flower.client import MEMORY_RECORD, handle_train, load_state
+from laq_fl.flower.client import LAYOUT_KEY, MEMORY_RECORD, handle_train, load_state
 from laq_fl.flower.messages import array_to_numpy, read_train_reply, train_content
 from laq_fl.flower.wire import downlink_bytes, uplink_bytes
 from laq_fl.models import FlatModel
@@ -54,7 +54,9 @@ def test_state_persists_and_skip_reply_has_no_arrays(task_identity, theta: np.nd
     q_hat = load_state(context, theta.size, np.float32).copy
     assert q_hat.dtype == np.float32 and q_hat.shape == theta.shape and np.any(q_hat)
     stored = context.state.config_records[MEMORY_RECORD]
-    assert sum(len(value) for value in stored.values()) <= 4 * theta.size + 16  # one float32 copy of Q_hat, two scalars
+    # One float32 copy of Q_hat, two scalars, and the layout naming their dtypes.
+    assert sum(len(value) for key, value in stored.items() if key != LAYOUT_KEY) == 4 * theta.size + 16
+    assert len(stored[LAYOUT_KEY]) < 100
     assert load_state(context, theta.size, np.float32).version == 1
 
     # Same theta, generous threshold: the innovation is tiny, so the worker skips and keeps its memory.
@@ -112,7 +114,8 @@ def test_error_feedback_state_persists_in_context(task_identity, theta: np.ndarr
     for k in range(2):
         handle_train(train_message(theta, k, Instruction(0.0, force_upload=True), algorithm="ef-signsgd", version=k), context)
     state = load_state(context, theta.size, np.float32)
-    assert state.version == 2 and state.residual is not None and state.residual.dtype == np.float64 and np.any(state.residual)
+    residual = state.held["residual"]
+    assert state.version == 2 and residual.dtype == np.float64 and np.any(residual)
 
 
 def test_a_nan_gradient_is_refused_with_an_error_that_names_it(task_identity, theta: np.ndarray) -> None:

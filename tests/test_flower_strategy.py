@@ -23,33 +23,38 @@ from laq_fl.downlink import state_checksum
 from laq_fl.flower.messages import identity_content, read_train_request, reply_content
 from laq_fl.flower.strategy import LaqStrategy, RunStopped
 from laq_fl.flower.wire import WireMeter
-from laq_fl.membership import Identity as MemberIdentity
+from laq_fl.protocol import NodeIdentity, Sync
 
 SIZE = 6
 NODES = [101, 202, 303]
 
 
 class FakeGrid:
-    """Lists ``nodes`` and answers the strategy's identify queries: node i of the list serves partition i, unless
-    ``partitions`` says otherwise; every node holds no state."""
+    """Lists ``nodes`` and answers the strategy's identify queries at once: node i of the list serves partition i,
+    unless ``partitions`` says otherwise; every node holds no state. Train messages are the test's to answer."""
 
     def __init__(self, nodes: list[int] | None = None, partitions: dict[int, int] | None = None) -> None:
         self.nodes = list(NODES) if nodes is None else nodes
         self.partitions = partitions or {node: i for i, node in enumerate(self.nodes)}
+        self.answers: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
 
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        ids = []
         for message in messages:
             assert message.metadata.message_type == MessageType.QUERY
             message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             node = message.metadata.dst_node_id
-            answer = Message(identity_content(MemberIdentity(self.partitions[node])), reply_to=message)
+            answer = Message(identity_content(NodeIdentity(self.partitions[node])), reply_to=message)
             answer.metadata.__dict__["_src_node_id"] = node
-            replies.append(answer)
-        return replies
+            self.answers[message.metadata.message_id] = answer
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.answers.pop(key) for key in message_ids if key in self.answers]
 
 
 def quantized(grad: np.ndarray, q_hat: np.ndarray, bits: int = 4) -> np.ndarray:
@@ -87,7 +92,7 @@ def reply(
 
 @pytest.fixture
 def strategy(task_identity) -> LaqStrategy:
-    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3, report_every=0)
+    return LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3, report_every=0, node_wait_timeout=0.0)
 
 
 def grads(seed: int) -> list[np.ndarray]:
@@ -136,7 +141,7 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     np.testing.assert_allclose(
         strategy.state.aggregate, sum(c.astype(np.float64) for c in strategy.state.copies.values()), atol=1e-12
     )
-    assert strategy.state.skip_clocks[1] == 1
+    assert strategy.state.record(1).skip_clock == 1
 
     # The node whose reply failed is asked to resync: forced upload with reset, decoded against zero.
     sent = configure(strategy, 3)
@@ -146,8 +151,8 @@ def test_mixed_round_upload_skip_error_and_malformed(strategy: LaqStrategy) -> N
     resync = reply(sent[NODES[2]], 2, fresh[2], zeros)
     strategy.aggregate_train(3, [resync])
     np.testing.assert_array_equal(strategy.state.copies[2], quantized(fresh[2], zeros))
-    assert 2 not in strategy.state.out_of_sync
-    assert strategy.state.out_of_sync == {0, 1}  # they did not reply in round 3
+    assert strategy.state.record(2).sync is Sync.IN_SYNC
+    assert [strategy.state.record(p).sync for p in (0, 1)] == [Sync.RESET] * 2  # they did not reply in round 3
 
 
 GOOD_PAYLOAD = Grid(4).compress(np.ones(SIZE)).payload
@@ -190,7 +195,7 @@ def test_malformed_reply_is_rejected_and_state_kept(strategy: LaqStrategy, conte
     bad = Message(content, reply_to=sent[NODES[0]])
     _, metrics = strategy.aggregate_train(1, [bad, *good])
     assert metrics["rejected"] == 1 and metrics["lost"] == 0 and metrics["uploads"] == 2
-    assert 0 not in strategy.state.copies and 0 in strategy.state.out_of_sync
+    assert 0 not in strategy.state.copies and strategy.state.record(0).needs_reset
     np.testing.assert_allclose(strategy.state.aggregate, sum(c.astype(np.float64) for c in strategy.state.copies.values()))
 
 
@@ -251,7 +256,7 @@ def test_two_nodes_with_one_partition_count_once(strategy: LaqStrategy) -> None:
     grid = FakeGrid([101, 202, 303, 404], {101: 0, 202: 1, 303: 2, 404: 0})
     sent = configure(strategy, 1, grid)
     assert set(sent) == {101, 202, 303}  # 404 duplicates partition 0: never contacted while 101 answers
-    assert strategy.round_metrics == {} and strategy._membership["duplicates"] == 1
+    assert strategy.round_stats == {} and strategy._round.stats.duplicates == 1
 
 
 def test_a_partition_without_a_node_stops_the_run_before_round_one(strategy: LaqStrategy) -> None:
@@ -286,11 +291,11 @@ def test_byte_metrics_equal_the_meter(strategy: LaqStrategy) -> None:
     replies = [reply(sent[node], i, g[i], zeros) for i, node in enumerate(NODES)]
     _, metrics = strategy.aggregate_train(1, replies)
     meter = WireMeter()
-    identify = strategy._membership  # round 1 identified every node: a query and its answer each
-    assert identify["identify-uplink-bytes"] > 0 and identify["identify-downlink-bytes"] > 0
-    assert metrics["identify-bytes"] == identify["identify-uplink-bytes"] + identify["identify-downlink-bytes"]
-    assert metrics["uplink-bytes"] == sum(meter.uplink_bytes(r) for r in replies) + identify["identify-uplink-bytes"]
-    assert metrics["downlink-bytes"] == sum(meter.downlink_bytes(m) for m in sent.values()) + identify["identify-downlink-bytes"]
+    work = strategy._round  # round 1 identified every node: a query and its answer each
+    assert work.traffic.uplink_bytes > 0 and work.traffic.downlink_bytes > 0
+    assert metrics["identify-bytes"] == work.traffic.uplink_bytes + work.traffic.downlink_bytes
+    assert metrics["uplink-bytes"] == sum(meter.uplink_bytes(r) for r in replies) + work.traffic.uplink_bytes
+    assert metrics["downlink-bytes"] == sum(meter.downlink_bytes(m) for m in sent.values()) + work.traffic.downlink_bytes
     assert metrics["downlink-bytes"] > 4 * SIZE
 
 
@@ -301,7 +306,7 @@ def test_a_skip_answering_a_forced_upload_is_rejected(strategy: LaqStrategy) -> 
     replies = [reply(sent[NODES[0]], 0, None, zeros)] + [reply(sent[n], i, g[i], zeros) for i, n in enumerate(NODES[1:], 1)]
     _, metrics = strategy.aggregate_train(1, replies)
     assert (metrics["uploads"], metrics["skips"], metrics["rejected"]) == (2, 0, 1)
-    assert 0 not in strategy.state.copies and 0 in strategy.state.out_of_sync
+    assert 0 not in strategy.state.copies and strategy.state.record(0).needs_reset
     resync = read_train_request(configure(strategy, 2)[NODES[0]]).instruction
     assert resync.force_upload and resync.reset
 
@@ -316,8 +321,8 @@ def test_the_well_formed_twin_of_the_malformed_replies_is_accepted(strategy: Laq
 
 def test_bare_skips_report_rounds_and_checksums_of_skips(task_identity) -> None:
     strategy = LaqStrategy(AlgorithmConfig(algorithm="laq", bits=4, lr=0.1, xi=(0.5,)), 3, report_every=2)
-    strategy.num_rounds = 5
-    assert [strategy.reports_in(r) for r in range(1, 6)] == [True, False, True, False, True]
+    strategy.num_rounds = 6
+    assert [strategy.reports_in(r) for r in range(1, 7)] == [True, False, True, False, True, True]  # and the last
     sent = configure(strategy, 1)
     zeros = np.zeros(SIZE, np.float32)
     g = grads(8)
@@ -339,14 +344,15 @@ def test_bare_skips_report_rounds_and_checksums_of_skips(task_identity) -> None:
     _, metrics = strategy.aggregate_train(3, replies)
     assert (metrics["skips"], metrics["rejected"], metrics["lost"], metrics["loss-reports"]) == (1, 1, 1, 1)
     assert metrics["loss-missing"] == 2
-    assert 1 in strategy.state.out_of_sync
+    assert strategy.state.record(1).sync is Sync.RESET
     sent = configure(strategy, 4)
     assert read_train_request(sent[NODES[1]]).instruction.reset
     copies = {NODES[p]: copy for p, copy in strategy.state.copies.items()}
     strategy.aggregate_train(4, [reply(sent[NODES[1]], 1, g[1], np.zeros(SIZE, np.float32))])
     sent = configure(strategy, 5)  # report round again: a bare skip breaks the protocol
     _, metrics = strategy.aggregate_train(5, [reply(sent[NODES[0]], 0, None, copies[NODES[0]])])
-    assert (metrics["rejected"], metrics["lost"], metrics["skips"]) == (1, 2, 0) and 0 in strategy.state.out_of_sync
+    assert (metrics["rejected"], metrics["lost"], metrics["skips"]) == (1, 2, 0)
+    assert strategy.state.record(0).sync is Sync.RESET
 
 
 def test_an_upload_whose_copy_overflows_is_rejected(strategy: LaqStrategy) -> None:
@@ -356,7 +362,6 @@ def test_an_upload_whose_copy_overflows_is_rejected(strategy: LaqStrategy) -> No
     first = Message(reply_content(0, 1.0, huge, 0, version=1, error_sq=0.0), reply_to=sent[NODES[0]])
     first.metadata.__dict__["_src_node_id"] = NODES[0]
     strategy.aggregate_train(1, [first])  # rejected for its checksum, but a copy near the maximum is possible
-    strategy.state.copies[0] = np.full(SIZE, 3.0e38, np.float32)
-    strategy.state.out_of_sync.clear()
+    strategy.state.commit(0, np.full(SIZE, 3.0e38, np.float32))
     with pytest.raises(PayloadError, match="overflows"):
         strategy.state.decode(0, huge)

@@ -15,6 +15,7 @@ from laq_fl.config import AlgorithmConfig
 from laq_fl.flower.client import handle_train, load_state
 from laq_fl.flower.grid import InProcessGrid, through_the_wire
 from laq_fl.flower.messages import PAYLOAD, REPLY
+from laq_fl.flower.serverapp import run_rounds
 from laq_fl.flower.strategy import LaqStrategy
 from laq_fl.models import FlatModel
 
@@ -139,11 +140,11 @@ def test_a_thousand_corrupted_replies(task_identity, caplog) -> None:
         state = strategy.state
         sums.append(float(np.max(np.abs(state.aggregate - sum(c.astype(np.float64) for c in state.copies.values())))))
 
-    strategy.start(grid, theta0, num_rounds=400, on_round_end=check)
-    clean_rounds = [r for r, m in strategy.round_metrics.items() if m["rejected"] == 0]
+    run_rounds(strategy, grid, theta0, num_rounds=400, on_round_end=check)
+    clean_rounds = [r for r, m in strategy.round_stats.items() if m.rejected == 0]
     assert clean_rounds[-5:] == list(range(396, 401))  # the last rounds ran without faults
 
-    refused = sum(metrics["rejected"] for metrics in strategy.round_metrics.values())
+    refused = sum(stats.rejected for stats in strategy.round_stats.values())
     assert grid.injected == CORRUPTED
     assert max(sums) < 1e-9
     assert refused == CORRUPTED, grid.kinds

@@ -8,7 +8,7 @@ import pytest
 from laq_fl.compressors import Grid, Identity
 from laq_fl.config import ALGORITHMS, AlgorithmConfig, AlgorithmSpec, ProblemConfig
 from laq_fl.driver import run_in_process
-from laq_fl.memory import NoMemory, ReferenceCopy
+from laq_fl.memory import ErrorFeedback, NoMemory, ReferenceCopy
 from laq_fl.problem import build_problem
 from laq_fl.server_state import ServerState
 from laq_fl.skip_rules import (
@@ -24,7 +24,10 @@ from laq_fl.skip_rules import (
     lazy_threshold,
 )
 from conftest import assert_same_bits
-from laq_fl.worker import THETA_HAT_KEY, WorkerParts, WorkerState, local_round, worker_round
+from laq_fl.worker import WorkerParts, WorkerState, local_round, worker_round
+
+THETA_HAT = SameSampleTest.theta_hat.name
+RESIDUAL = ErrorFeedback.residual.name
 
 LAQ4 = WorkerParts(Grid(4), ReferenceCopy(), InnovationTest())
 WK2 = WorkerParts(Grid(4), ReferenceCopy(), SameSampleTest())
@@ -47,7 +50,7 @@ def test_warmup_spreads_the_weights_over_existing_differences() -> None:
     config = AlgorithmConfig(algorithm="laq", lr=0.5, xi=(0.3, 0.2, 0.1), xi_warmup=True)
     server = ServerState(np.zeros(2, np.float64), config, 2)
     server.recent_sq_diffs.extend([4.0, 9.0])
-    server.copies[0] = np.zeros(2)
+    server.commit(0, np.zeros(2))
     assert server.instruction(0).threshold == pytest.approx(3.9)
 
 
@@ -114,7 +117,7 @@ def test_forced_after_t_bar_skips() -> None:
             server.accept(0, payload)
     # first round forced (no copy yet), then t_bar skips, then forced, ...
     assert pattern == [True, False, False, False, False, True, False, False, False, False, True]
-    assert server.versions[0] == state.version == 3
+    assert server.record(0).version == state.version == 3
 
 
 def parts_of(server: ServerState) -> WorkerParts:
@@ -131,7 +134,7 @@ def test_non_lazy_members_always_upload(name: str) -> None:
                                rng=np.random.default_rng(k))
         assert payload is not None
         server.accept(0, payload)
-    assert server.versions[0] == state.version == 3
+    assert server.record(0).version == state.version == 3
 
 
 @pytest.mark.parametrize("name", [name for name, spec in ALGORITHMS.items() if spec.lazy and spec.rule != "ps"])
@@ -168,20 +171,21 @@ def test_a_resync_overrides_any_server_half() -> None:
     assert instruction.force_upload and instruction.reset
     server.accept(0, worker_round(worker, rng.normal(size=3).astype(np.float32), parts, instruction))
     assert_same_bits(server.copies[0], worker.copy)
-    assert server.versions[0] == worker.version == 1
+    assert server.record(0).version == worker.version == 1
 
 
 def test_worker_state_round_trips_through_arrays() -> None:
-    state = WorkerState(copy=np.arange(4, dtype=np.float32), last_error_sq=0.25, theta_hat=np.ones(4, np.float32),
-                        residual=np.full(4, 0.5), version=7)
+    state = WorkerState(copy=np.arange(4, dtype=np.float32), last_error_sq=0.25, version=7,
+                        held={THETA_HAT: np.ones(4, np.float32), RESIDUAL: np.full(4, 0.5)})
     back = WorkerState.from_arrays({key: value.copy() for key, value in state.to_arrays().items()})
     np.testing.assert_array_equal(back.copy, state.copy)
-    np.testing.assert_array_equal(back.theta_hat, state.theta_hat)
-    np.testing.assert_array_equal(back.residual, state.residual)
+    assert sorted(back.held) == sorted(state.held)
+    for name, value in state.held.items():
+        assert_same_bits(back.held[name], value)
     assert back.copy.dtype == np.float32 and back.last_error_sq == 0.25 and back.version == 7
-    assert THETA_HAT_KEY not in WorkerState.zeros(3).to_arrays()
+    assert THETA_HAT not in WorkerState.zeros(3).to_arrays()
     state.reset()
-    assert state.theta_hat is None and state.residual is None and state.version == 0 and not state.copy.any()
+    assert state.held == {} and state.version == 0 and not state.copy.any()
 
 
 def test_forget_restores_invariant_and_forces_a_reset() -> None:
@@ -214,7 +218,7 @@ def test_same_sample_rule_ignores_sampling_noise() -> None:
     theta = np.ones(5, np.float32)
     _, payload = local_round(state, oracle, theta, WK2, Instruction(0.0, force_upload=True), batch=np.arange(10))
     assert payload is not None
-    np.testing.assert_array_equal(state.theta_hat, theta)
+    np.testing.assert_array_equal(state.held[THETA_HAT], theta)
     # Same theta, another minibatch: (7a) would see a large innovation; the same-sample test sees none.
     assert local_round(state, oracle, theta, WK2, Instruction(0.0, False), batch=np.arange(50, 60))[1] is None
     copy = WorkerState(state.copy.copy(), state.last_error_sq)
@@ -223,16 +227,16 @@ def test_same_sample_rule_ignores_sampling_noise() -> None:
     moved = theta + 1.0
     assert local_round(state, oracle, moved, WK2, Instruction(5.01, False), batch=np.arange(20, 30))[1] is None
     assert local_round(state, oracle, moved, WK2, Instruction(4.99, False), batch=np.arange(20, 30))[1] is not None
-    np.testing.assert_array_equal(state.theta_hat, moved)
+    np.testing.assert_array_equal(state.held[THETA_HAT], moved)
 
 
 class EveryOtherRound(ServerHalf):
     """A server-side rule for the test: contact a worker only in even iterations."""
 
     def instruct(self, server, worker):
-        if server.iteration % 2 and worker in server.copies:
+        if server.iteration % 2 and worker.copy is not None:
             return None
-        return Instruction(0.0, force_upload=True, reset=worker not in server.copies)
+        return Instruction(0.0, force_upload=True, reset=worker.copy is None)
 
 
 def test_a_server_half_may_leave_workers_alone(monkeypatch) -> None:
@@ -247,14 +251,14 @@ def test_a_server_half_may_leave_workers_alone(monkeypatch) -> None:
 
 def test_forced_after_turns_no_contact_into_a_forced_upload() -> None:
     server = ServerState(np.zeros(2, np.float32), AlgorithmConfig(algorithm="gd"), 1)
-    server.copies[0] = np.zeros(2, np.float32)
+    server.commit(0, np.zeros(2, np.float32))
     server.iteration = 1
     wrapped = ForcedAfter(EveryOtherRound(), t_bar=2)
-    assert wrapped.instruct(server, 0) is None
-    server.skip_clocks[0] = 2
-    assert wrapped.instruct(server, 0) == Instruction(0.0, force_upload=True)
+    assert wrapped.instruct(server, server.record(0)) is None
+    server.record(0).skip_clock = 2
+    assert wrapped.instruct(server, server.record(0)) == Instruction(0.0, force_upload=True)
     server.recent_sq_diffs.extend([4.0])
-    assert SharedThreshold((0.5,), 1.0, 2).instruct(server, 0) == Instruction(0.5 * 4.0 / 4, force_upload=False)
+    assert SharedThreshold((0.5,), 1.0, 2).instruct(server, server.record(0)) == Instruction(0.5 * 4.0 / 4, force_upload=False)
 
 
 def test_gd_parts_are_identity_and_no_memory() -> None:
@@ -274,7 +278,7 @@ def test_ps_contacts_a_worker_only_when_its_iterate_moved_enough() -> None:
     server = ServerState(np.zeros(2, np.float32), config, num_workers=1)
     state = WorkerState.zeros(2)
     server.accept(0, worker_round(state, np.ones(2, np.float32), parts_of(server), server.instruction(0)))
-    assert_same_bits(server.upload_iterates[0], np.zeros(2, np.float32))
+    assert_same_bits(server.record(0).upload_iterate, np.zeros(2, np.float32))
     server.step()  # theta moves by -0.5 * (1, 1): ||d||^2 = 0.5, threshold = 0.5 / (0.25 * 1) = 2
     threshold = 0.5 / 0.25
     moved_sq = 0.5
@@ -292,10 +296,10 @@ def test_ps_estimates_smoothness_from_two_uploads_and_forces_after_t_bar() -> No
     parts = parts_of(server)
     server.accept(0, worker_round(state, np.array([1.0, 0.0], np.float32), parts, server.instruction(0)))
     server.step()
-    assert 0 not in server.smoothness and server.instruction(0) is not None  # no estimate yet: always contacted
+    assert server.record(0).smoothness is None and server.instruction(0) is not None  # no estimate yet: contacted
     server.accept(0, worker_round(state, np.array([1.0, 3.0], np.float32), parts, server.instruction(0)))
-    moved = float(np.linalg.norm(server.upload_iterates[0].astype(np.float64)))  # theta_hat went from 0 to theta^1
-    assert server.smoothness[0] == pytest.approx(3.0 / moved)
+    moved = float(np.linalg.norm(server.record(0).upload_iterate.astype(np.float64)))  # theta_hat: 0 -> theta^1
+    assert server.record(0).smoothness == pytest.approx(3.0 / moved)
     for _ in range(2):  # theta frozen: nothing moved, so the worker is left alone until (7b)
         server.aggregate[:] = 0.0
         server.step()

@@ -13,6 +13,7 @@ from laq_fl.config import AlgorithmConfig, ConfigError
 from laq_fl.flower.client import handle_train, load_state
 from laq_fl.flower.grid import InProcessGrid
 from laq_fl.flower.serverapp import run_server
+from laq_fl.flower.serverapp import run_rounds
 from laq_fl.flower.strategy import LaqStrategy, RunStopped
 from laq_fl.models import FlatModel
 from laq_fl.results import read_results
@@ -39,7 +40,7 @@ class HidingGrid(InProcessGrid):
 
 def run(config: AlgorithmConfig, grid: InProcessGrid, rounds: int, on_round_end=None) -> LaqStrategy:
     strategy = LaqStrategy(config, M)
-    strategy.start(grid, theta0(), num_rounds=rounds, on_round_end=on_round_end)
+    run_rounds(strategy, grid, theta0(), num_rounds=rounds, on_round_end=on_round_end)
     return strategy
 
 
@@ -47,12 +48,12 @@ def assert_in_sync(strategy: LaqStrategy, grid: InProcessGrid) -> None:
     """Every worker's Q_hat and version equal the server's copy of its partition; aggregate = sum of copies."""
     state = strategy.state
     for node, context in grid.contexts.items():
-        if node not in strategy.roster.serving.values():
+        if node not in strategy.membership.roster.serving.values():
             continue
         partition = context.node_config["partition-id"]
         worker = load_state(context, state.size, np.float32)
         assert np.max(np.abs(worker.copy - state.copies[partition])) == 0.0
-        assert worker.version == state.versions[partition]
+        assert worker.version == state.record(partition).version
     np.testing.assert_allclose(state.aggregate, sum(c.astype(np.float64) for c in state.copies.values()), atol=1e-12)
 
 
@@ -71,11 +72,11 @@ def test_a_node_restarted_under_its_id_with_an_empty_state_is_restored_within_th
 
     strategy = run(LAQ, grid, 9, lose_state)
     assert_in_sync(strategy, grid)
-    assert sum(m["restores"] for m in strategy.round_metrics.values()) == 1
-    assert strategy.round_metrics[4]["restores"] == 1 and strategy.round_metrics[4]["rejected"] == 0
+    assert sum(m.restores for m in strategy.round_stats.values()) == 1
+    assert strategy.round_stats[4].restores == 1 and strategy.round_stats[4].rejected == 0
     # The worker got its state back before computing: the run is the undisturbed one, bit for bit.
     np.testing.assert_array_equal(strategy.state.theta, clean.state.theta)
-    assert [m["uploads"] for m in strategy.round_metrics.values()] == [m["uploads"] for m in clean.round_metrics.values()]
+    assert [m.uploads for m in strategy.round_stats.values()] == [m.uploads for m in clean.round_stats.values()]
 
 
 @pytest.mark.parametrize("config", [
@@ -102,7 +103,7 @@ def test_two_nodes_claiming_one_partition_count_once(task_identity, caplog) -> N
     grid.contexts[duplicate].node_config["partition-id"] = 0
     strategy = run(LAQ, grid, 5)
     assert set(strategy.state.copies) == {0, 1, 2}
-    assert strategy.round_metrics[1]["duplicates"] == 1
+    assert strategy.round_stats[1].duplicates == 1
     assert f"node {duplicate} also claims partition 0" in caplog.text
     assert grid.contexts[duplicate].state.config_records == {}  # never contacted
     np.testing.assert_array_equal(strategy.state.theta, clean.state.theta)
@@ -140,15 +141,15 @@ def test_a_node_that_does_not_fit_stops_the_run_with_its_error(task_identity, no
 def test_a_partition_missing_for_good_stops_the_run(task_identity) -> None:
     grid = HidingGrid()
     gone = list(grid.contexts)[2]
-    strategy = LaqStrategy(LAQ, M)
+    strategy = LaqStrategy(LAQ, M, node_wait_timeout=0.0)
 
     def vanish(server_round: int) -> None:
         if server_round == 2:
             grid.hidden.add(gone)
 
     with pytest.raises(RunStopped, match=r"partition\(s\) \[2\] for 3 rounds"):
-        strategy.start(grid, theta0(), num_rounds=10, on_round_end=vanish)
-    assert max(strategy.round_metrics) == 4  # rounds 3 and 4 ran on the stale copy of partition 2
+        run_rounds(strategy, grid, theta0(), num_rounds=10, on_round_end=vanish)
+    assert max(strategy.round_stats) == 4  # rounds 3 and 4 ran on the stale copy of partition 2
 
 
 def test_a_node_that_vanishes_and_returns_under_its_id_is_in_sync(task_identity) -> None:
@@ -156,8 +157,8 @@ def test_a_node_that_vanishes_and_returns_under_its_id_is_in_sync(task_identity)
     grid = HidingGrid()
     node = list(grid.contexts)[1]
     strategy = run(LAQ, grid, 10, lambda r: grid.hidden.clear() if r == 6 else grid.hidden.add(node) if r == 4 else None)
-    assert [strategy.round_metrics[r]["not-contacted"] for r in (5, 6)] == [1, 1]
-    assert strategy.round_metrics[7]["resyncs"] == 0  # it kept its state and the server its copy: nothing to fix
+    assert [strategy.round_stats[r].not_contacted for r in (5, 6)] == [1, 1]
+    assert strategy.round_stats[7].resyncs == 0  # it kept its state and the server its copy: nothing to fix
     assert_in_sync(strategy, grid)
 
 
@@ -206,8 +207,8 @@ def test_train_loss_says_how_many_losses_are_missing(task_identity) -> None:
 
     grid.client_app = drop_one
     strategy = LaqStrategy(LAQ, M, report_every=1)
-    strategy.start(grid, theta0(), num_rounds=3)
-    metrics = strategy.round_metrics
+    run_rounds(strategy, grid, theta0(), num_rounds=3)
+    metrics = {r: stats.metrics() for r, stats in strategy.round_stats.items()}
     assert (metrics[2]["loss-reports"], metrics[2]["loss-missing"]) == (2, 1)
     assert (metrics[3]["loss-reports"], metrics[3]["loss-missing"]) == (3, 0)
 
@@ -219,9 +220,9 @@ def test_before_round_one_the_server_waits_for_a_late_node(task_identity) -> Non
     timer = threading.Timer(0.7, grid.hidden.clear)
     timer.start()
     strategy = LaqStrategy(LAQ, M, node_wait_timeout=10.0)
-    strategy.start(grid, theta0(), num_rounds=2)
+    run_rounds(strategy, grid, theta0(), num_rounds=2)
     timer.join()
-    assert strategy.round_metrics[1]["uploads"] == M and strategy.round_metrics[1]["identified"] == M
+    assert strategy.round_stats[1].uploads == M and strategy.round_stats[1].identified == M
 
 
 def test_mid_run_a_partition_may_go_unserved_for_node_wait_timeout(task_identity) -> None:
@@ -230,9 +231,9 @@ def test_mid_run_a_partition_may_go_unserved_for_node_wait_timeout(task_identity
     grid = HidingGrid()
     gone = list(grid.contexts)[1]
     strategy = LaqStrategy(LAQ, M, node_wait_timeout=3600.0)
-    strategy.start(grid, theta0(), num_rounds=9, on_round_end=lambda r: grid.hidden.add(gone) if r == 2 else
+    run_rounds(strategy, grid, theta0(), num_rounds=9, on_round_end=lambda r: grid.hidden.add(gone) if r == 2 else
                    grid.hidden.clear() if r == 7 else None)
-    assert [strategy.round_metrics[r]["unserved"] for r in range(3, 9)] == [1, 1, 1, 1, 1, 0]
+    assert [strategy.round_stats[r].unserved for r in range(3, 9)] == [1, 1, 1, 1, 1, 0]
     assert_in_sync(strategy, grid)
 
 
@@ -242,3 +243,31 @@ def test_a_fractional_partition_id_is_a_node_config_error(task_identity) -> None
     grid.contexts[node].node_config["partition-id"] = 1.7
     with pytest.raises(RunStopped, match=f"node {node}: .*must be integers"):
         run(LAQ, grid, 2)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "layout", "twice-the-size", "nan-error"])
+def test_a_node_state_that_cannot_be_read_back_is_restored_not_fatal(task_identity, caplog, damage: str) -> None:
+    """A node's context.state damaged after round 3 (bytes cut short, an unreadable layout, a Q_hat of another size,
+    a non-finite scalar): the worker treats it as lost, says its state differs, and the server restores it within the
+    round; the run is the undisturbed one, bit for bit."""
+    clean = run(LAQ, HidingGrid(), 9)
+    grid = HidingGrid()
+    context = list(grid.contexts.values())[1]
+
+    def damage_state(server_round: int) -> None:
+        if server_round == 3:
+            record = context.state.config_records["laq-worker"]
+            if damage == "truncated":
+                record["copy"] = record["copy"][:-3]
+            elif damage == "layout":
+                record["layout"] = "{not json"
+            elif damage == "twice-the-size":
+                record["copy"] = record["copy"] * 2
+            else:
+                record["last-error-sq"] = np.float64(np.nan).tobytes()
+
+    strategy = run(LAQ, grid, 9, damage_state)
+    assert strategy.round_stats[4].restores == 1 and strategy.round_stats[4].rejected == 0
+    assert "treated as lost" in caplog.text
+    assert_in_sync(strategy, grid)
+    np.testing.assert_array_equal(strategy.state.theta, clean.state.theta)

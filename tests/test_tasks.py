@@ -15,7 +15,7 @@ from laq_fl.config import AlgorithmConfig, ConfigError, ProblemConfig
 from laq_fl.data import Dataset
 from laq_fl.driver import run_in_process
 from laq_fl.flower import InProcessGrid, run_server
-from laq_fl.problem import build_problem, local_objective
+from laq_fl.problem import build_problem, check_problem, local_objective
 from laq_fl.results import read_results
 from laq_fl.run_config import parse_run_config
 from laq_fl.tasks import TASKS, Task, TaskError, resolve_task
@@ -90,6 +90,11 @@ def test_a_users_task_is_partitioned_disjointly_and_completely(blobs: str, schem
     assert torch.unique(rows, dim=0).shape[0] == 1200
 
 
+def checked(run_config: dict):
+    """What the ServerApp does before round 1 with a run config's task (parsing alone does no I/O)."""
+    return check_problem(parse_run_config(run_config).problem)
+
+
 @pytest.mark.parametrize(("spec", "match"), [
     ("mnist-transformer", "unknown task 'mnist-transformer'; built-in: .*mnist-logistic"),
     ("no_such_module_xyz:task", "cannot import 'no_such_module_xyz'.*PYTHONPATH"),
@@ -98,7 +103,7 @@ def test_a_users_task_is_partitioned_disjointly_and_completely(blobs: str, schem
 ])
 def test_a_task_that_cannot_be_found_fails_before_round_one_naming_the_key(spec: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
-        parse_run_config({"task": spec})
+        checked({"task": spec})
     assert info.value.key == "task"
 
 
@@ -106,7 +111,7 @@ def test_a_task_module_that_raises_on_import_is_named(tmp_path: Path, monkeypatc
     (tmp_path / "broken_task.py").write_text("raise RuntimeError('my bug')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="cannot import 'broken_task'.*RuntimeError: my bug") as info:
-        parse_run_config({"task": "broken_task:task"})
+        checked({"task": "broken_task:task"})
     assert info.value.key == "task"
 
 
@@ -293,7 +298,7 @@ def test_any_libsvm_file_is_a_task_with_one_value(tmp_path: Path) -> None:
 def test_a_malformed_libsvm_line_is_named_with_its_file_and_number(tmp_path: Path) -> None:
     train = write_libsvm(tmp_path / "bad", ["+1 1:0.5 2:0.25", "-1 1:0.1 2:0.3", "-1 1:0.2 two:0.4", "+1 2:1"])
     with pytest.raises(ConfigError, match=rf"{train}, line 3: .*'-1 1:0.2 two:0.4'") as info:
-        parse_run_config({"task": f"libsvm:{train}"})
+        checked({"task": f"libsvm:{train}"})
     assert info.value.key == "task"
 
 
@@ -301,13 +306,13 @@ def test_a_libsvm_line_with_unsorted_indices_is_named_with_its_file_and_number(t
     # scikit-learn refuses unsorted indices without saying where; we find the line.
     train = write_libsvm(tmp_path / "unsorted", ["+1 1:0.5 3:0.25", "-1 qid:2 1:0.1 2:0.3", "-1 2:0.2 1:0.4", "+1 2:1"])
     with pytest.raises(ConfigError, match=rf"{train}, line 3: feature indices must increase .*'-1 2:0.2 1:0.4'"):
-        parse_run_config({"task": f"libsvm:{train}"})
+        checked({"task": f"libsvm:{train}"})
 
 def test_a_libsvm_task_needs_an_absolute_path_and_a_file() -> None:
     with pytest.raises(ConfigError, match="absolute path"):
-        parse_run_config({"task": "libsvm:relative/file"})
+        checked({"task": "libsvm:relative/file"})
     with pytest.raises(ConfigError, match="not found"):
-        parse_run_config({"task": "libsvm:/nonexistent/file"})
+        checked({"task": "libsvm:/nonexistent/file"})
 
 
 def test_a_partition_that_cannot_be_made_stops_before_round_one(tmp_path: Path) -> None:
@@ -355,4 +360,4 @@ def test_a_gzip_libsvm_file_finds_its_gzip_test_file(tmp_path: Path) -> None:
 def test_zero_based_libsvm_indices_get_a_hint(tmp_path: Path) -> None:
     train = write_libsvm(tmp_path / "zero", ["+1 0:0.5 1:0.25", "-1 0:0.1 1:0.3"])
     with pytest.raises(ConfigError, match="indices start at 1"):
-        parse_run_config({"task": f"libsvm:{train}"})
+        checked({"task": f"libsvm:{train}"})

@@ -14,10 +14,11 @@ from conftest import assert_same_bits
 from flwr.app import ArrayRecord, Message, MessageType
 
 from laq_fl.config import AlgorithmConfig, ProblemConfig
-from laq_fl.flower import InProcessGrid, LaqStrategy
+from laq_fl.flower import InProcessGrid, LaqStrategy, run_rounds
 from laq_fl.flower.client import handle_train, load_state
 from laq_fl.models import FlatModel
 from laq_fl.problem import build_problem
+from laq_fl.protocol import Sync
 
 RUN_CONFIG = {"dataset": "synthetic", "num-clients": 3, "data-dir": "/unused"}
 
@@ -81,13 +82,13 @@ def test_lost_messages_and_a_restart_end_with_equal_state_on_both_sides(task_ide
     # a fault or not, moves the 31st loss by more than 1e-3).
     config = AlgorithmConfig(algorithm="laq", bits=4, lr=0.01, downlink_bits=4, t_bar=10)
     clean = LaqStrategy(config, 3, report_every)
-    clean.start(FaultyGrid(), theta0(), num_rounds=31)
+    run_rounds(clean, FaultyGrid(), theta0(), num_rounds=31)
 
     # 30 rounds with 10% of broadcasts and of replies lost and node 0 restarted, then one round without faults.
     grid = FaultyGrid(drop=0.1, faulty_rounds=30, restart_round=12, seed=3)
     strategy = LaqStrategy(config, 3, report_every)
-    strategy.start(grid, theta0(), num_rounds=31)
-    metrics = strategy.round_metrics
+    run_rounds(strategy, grid, theta0(), num_rounds=31)
+    metrics = {r: stats.metrics() for r, stats in strategy.round_stats.items()}
     assert grid.lost["broadcast"] > 3 and grid.lost["reply"] > 3
     # The restarted node noticed it holds no state (its version is not the server's, or it has no base for the
     # innovations) and said so instead of computing: the server resynced it.
@@ -95,12 +96,12 @@ def test_lost_messages_and_a_restart_end_with_equal_state_on_both_sides(task_ide
     assert sum(metrics[r]["full-broadcasts"] for r in range(2, 32)) >= grid.lost["broadcast"] + grid.lost["reply"]
 
     state = strategy.state
-    assert not state.out_of_sync
+    assert all(record.sync is Sync.IN_SYNC for record in state.workers.values())
     for context in grid.contexts.values():
         node = context.node_config["partition-id"]  # the server keeps worker state per partition
         worker = load_state(context, state.size, np.float32)
         assert_same_bits(state.copies[node], worker.copy)
-        assert state.versions[node] == worker.version
+        assert state.record(node).version == worker.version
         # The server stepped once more after the last round: replay that broadcast on a replica of the worker.
         replica = copy.deepcopy(worker)
         assert_same_bits(replica.receive(state.broadcast(node), state.downlink.compressor), state.downlink.theta_tilde)
@@ -113,10 +114,11 @@ def test_a_worker_the_server_leaves_alone_receives_nothing_and_catches_up(task_i
     config = AlgorithmConfig(algorithm="laq-ps", bits=4, lr=0.05, downlink_bits=4, smoothness=3.0, t_bar=6)
     grid = FaultyGrid()
     strategy = LaqStrategy(config, 3, report_every=1)
-    strategy.start(grid, theta0(), num_rounds=25)
+    run_rounds(strategy, grid, theta0(), num_rounds=25)
     node_ids = list(grid.contexts)
     left_alone = 0
-    for server_round, metrics in strategy.round_metrics.items():
+    for server_round, stats in strategy.round_stats.items():
+        metrics = stats.metrics()
         received = grid.received.get(server_round, [])
         assert len(received) == 3 - metrics["not-contacted"]
         left_alone += metrics["not-contacted"]
@@ -129,7 +131,7 @@ def test_a_worker_the_server_leaves_alone_receives_nothing_and_catches_up(task_i
     for node_id in node_ids:
         node = grid.contexts[node_id].node_config["partition-id"]
         worker = load_state(grid.contexts[node_id], state.size, np.float32)
-        assert state.theta_versions[node] == worker.theta_version  # the server knows what each worker holds
+        assert state.record(node).theta_version == worker.theta_version  # the server knows what each worker holds
         replica = copy.deepcopy(worker)
         assert_same_bits(replica.receive(state.broadcast(node), state.downlink.compressor), state.downlink.theta_tilde)
         assert replica.checksum() == state.checksum(node)

@@ -12,7 +12,7 @@ Contract, checked for every registered compressor by ``tests/test_compressor_con
    travel as float32 aside).
 3. ``payload_bits(payload, p)`` counts what the papers count and never more than ``8 * len(payload)``.
 4. ``compress`` refuses a non-finite vector (:class:`NonFiniteError`); ``decompress`` refuses any malformed payload
-   (wrong length, wrong type, NaN/inf, codes out of range) with :class:`~laq_fl.codec.PayloadError` and returns
+   (wrong length, wrong type, NaN/inf, codes out of range) with :class:`~laq_fl.errors.PayloadError` and returns
    only finite vectors, so a bad upload never reaches the server's state.
 5. Compressors with ``needs_rng`` draw only from the generator they are given, so runs are reproducible.
 6. Every float on the wire is little-endian; bit-packed codes are most significant bit first.
@@ -29,25 +29,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from laq_fl.arrays import all_finite, as_float64, is_tensor, to_numpy
-from laq_fl.codec import PayloadError, as_byte_array
+from laq_fl.codec import as_byte_array
+from laq_fl.errors import NonFiniteError, ParameterError, PayloadError
+from laq_fl.part_state import StateArray
 
 FLOAT32_LE = np.dtype("<f4")
 FLOAT64_LE = np.dtype("<f8")
 """The floats that travel: little-endian, whatever the machine."""
 SCALE_BYTES = 4
 """One little-endian float32 scale (a radius or a norm) at the start of a payload."""
-
-
-class ParameterError(ValueError):
-    """A compressor parameter out of range; ``parameter`` names the dataclass field (``bits``, ``density``...)."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
-
-
-class NonFiniteError(ValueError):
-    """A vector to compress holds NaN or inf: it cannot travel, and the worker says so instead of sending it."""
 
 
 class Compressed:
@@ -87,6 +77,9 @@ class Compressor(ABC):
 
     name: ClassVar[str]
     needs_rng: ClassVar[bool] = False
+    state_arrays: ClassVar[tuple[StateArray, ...]] = ()
+    """Arrays the compressor keeps per worker between rounds (:class:`~laq_fl.part_state.StateArray`); none keeps any
+    yet, the worker would hold them for it as for a memory."""
     """True when :meth:`compress` draws random numbers: pass ``rng``."""
     unbiased: ClassVar[bool] = False
     """True when ``E[decompress(compress(x))] = x`` over the draws of ``rng``."""
@@ -124,7 +117,7 @@ class Compressor(ABC):
     def decompress(self, payload: bytes | bytearray | memoryview | np.ndarray, size: int) -> np.ndarray:
         """The float64 vector of shape ``(size,)`` a payload encodes.
 
-        Raises :class:`~laq_fl.codec.PayloadError` for anything malformed, before the caller changes any state.
+        Raises :class:`~laq_fl.errors.PayloadError` for anything malformed, before the caller changes any state.
         """
         buffer = as_byte_array(payload)
         try:

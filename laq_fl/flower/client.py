@@ -1,39 +1,38 @@
 """The worker as a Flower ``train`` handler: gradient at theta^k, compress, rule, reply.
 
-The worker's :class:`~laq_fl.worker.WorkerState` (``Q_hat`` and theta_hat in the run's dtype, the residual
-and ``||eps_hat||^2`` in float64, the version as int64) lives in ``context.state`` as a ConfigRecord of raw
-little-endian bytes, read without the ``.npy`` header parsing an ArrayRecord would cost every round, and
-rewritten only when it changes. Data and the objective are loaded once per process.
+The worker's :class:`~laq_fl.worker.WorkerState` (``Q_hat``, the parts' held arrays, ``||eps_hat||^2``, the
+version, ``theta_tilde``) lives in ``context.state`` as a ConfigRecord of raw little-endian bytes, one entry per
+array of :meth:`~laq_fl.worker.WorkerState.to_arrays`, with a ``layout`` entry naming each one's dtype: read without
+the ``.npy`` header parsing an ArrayRecord would cost every round, and rewritten only when it changes. A stored state
+that cannot be read back (bytes that do not fit its layout or the model) is treated as lost: the worker holds no
+state, says so, and the server restores it. Data and the objective are loaded once per process.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
+from logging import WARNING
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.logger import log
 
 from laq_fl.compressors import compression_rng
 from laq_fl.config import ProblemConfig
 from laq_fl.data import minibatch_indices
-from laq_fl.flower.messages import NodeConfigError, identity_content, read_train_content, reply_content
-from laq_fl.membership import Identity
+from laq_fl.errors import NodeConfigError
+from laq_fl.flower.messages import identity_content, read_train_content, reply_content
 from laq_fl.models import LocalObjective
 from laq_fl.problem import local_objective
+from laq_fl.protocol import NodeIdentity
 from laq_fl.run_config import RunSettings, parse_run_config
-from laq_fl.worker import (
-    COPY_KEY,
-    LAST_ERROR_SQ_KEY,
-    RESIDUAL_KEY,
-    THETA_HAT_KEY,
-    THETA_TILDE_KEY,
-    THETA_VERSION_KEY,
-    VERSION_KEY,
-    WorkerState,
-    local_round,
-)
+from laq_fl.worker import COPY_KEY, SCALAR_KEYS, WorkerState, local_round
 
 MEMORY_RECORD = "laq-worker"
+LAYOUT_KEY = "layout"
+"""The entry of :data:`MEMORY_RECORD` that maps every other entry to its little-endian numpy dtype (JSON)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,52 +72,69 @@ def partition_of(context: Context, num_workers: int) -> int:
     return partition_id
 
 
-def _stored_dtypes(dtype: np.dtype) -> dict[str, np.dtype]:
-    dtype = np.dtype(dtype).newbyteorder("<")
-    float64, int64 = np.dtype("<f8"), np.dtype("<i8")
-    return {
-        COPY_KEY: dtype, THETA_HAT_KEY: dtype, THETA_TILDE_KEY: dtype, RESIDUAL_KEY: float64,
-        LAST_ERROR_SQ_KEY: float64, VERSION_KEY: int64, THETA_VERSION_KEY: int64,
-    }
-
-
 def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerState:
-    """This node's state from ``context.state``, or the zero state before its first upload."""
+    """This node's state from ``context.state``, or the zero state before its first upload (or when the stored one
+    cannot be read back, or holds a model of another size: then a warning says so)."""
     state = stored_state(context, dtype)
-    if state is None:
-        return WorkerState.zeros(size, dtype)
-    if state.copy.size != size:
-        raise ValueError(f"context.state holds a Q_hat of {state.copy.size} values; the model has {size}")
-    return state
+    if state is not None and state.copy.size != size:
+        log(WARNING, "context.state holds a Q_hat of %d values, the model has %d: treated as lost (the server restores "
+            "it)", state.copy.size, size)
+        state = None
+    return WorkerState.zeros(size, dtype) if state is None else state
 
 
 def stored_state(context: Context, dtype: np.dtype | type) -> WorkerState | None:
-    """The state kept in ``context.state``, or ``None`` when this node holds none (no upload yet, or restarted)."""
+    """The state kept in ``context.state``, or ``None`` when this node holds none (no upload yet, restarted, or a
+    stored state that cannot be read back, which a warning names). ``dtype``: the run's, which ``Q_hat`` must have."""
     record = context.state.config_records.get(MEMORY_RECORD)
     if record is None:
         return None
-    dtypes = _stored_dtypes(dtype)
-    # Read-only views of the stored bytes: the state replaces its vectors, it never edits them.
-    arrays = {key: np.frombuffer(blob, dtypes[key]) for key, blob in record.items()}
-    for key in (LAST_ERROR_SQ_KEY, VERSION_KEY, THETA_VERSION_KEY):
-        if key in arrays:
-            arrays[key] = arrays[key].reshape(())
-    return WorkerState.from_arrays(arrays)
+    try:
+        return _read_state(record, np.dtype(dtype))
+    except (KeyError, TypeError, ValueError) as error:
+        log(WARNING, "context.state holds a worker state that cannot be read back (%s: %s): treated as lost, the "
+            "server restores it", type(error).__name__, error)
+        return None
+
+
+def _read_state(record: ConfigRecord, dtype: np.dtype) -> WorkerState:
+    layout = json.loads(record[LAYOUT_KEY])
+    if not isinstance(layout, dict) or set(layout) != set(record) - {LAYOUT_KEY}:
+        raise ValueError(f"the layout names {sorted(layout) if isinstance(layout, dict) else layout!r}, the record holds "
+                         f"{sorted(set(record) - {LAYOUT_KEY})}")
+    if np.dtype(layout[COPY_KEY]) != dtype.newbyteorder("<"):
+        raise ValueError(f"Q_hat is stored as {layout[COPY_KEY]}, the run computes in {dtype}")
+    arrays = {}
+    for key, name in layout.items():
+        blob, stored = record[key], np.dtype(name)
+        if not isinstance(blob, bytes) or stored.kind not in "fi" or len(blob) % stored.itemsize:
+            raise ValueError(f"{key!r} is not a whole number of {stored} values")
+        # Read-only views of the stored bytes: the state replaces its vectors, it never edits them.
+        values = np.frombuffer(blob, stored)
+        if key in SCALAR_KEYS:
+            if values.size != 1:
+                raise ValueError(f"{key!r} holds {values.size} values, not one")
+            values = values.reshape(())
+        arrays[key] = values
+    state = WorkerState.from_arrays(arrays)
+    if not (math.isfinite(state.last_error_sq) and state.version >= 0):
+        raise ValueError(f"last-error-sq {state.last_error_sq} or version {state.version} is not a state's")
+    return state
 
 
 def store_state(context: Context, state: WorkerState) -> None:
     arrays = state.to_arrays()  # numpy on the CPU, wherever the worker computed
-    dtypes = _stored_dtypes(arrays[COPY_KEY].dtype)
-    context.state[MEMORY_RECORD] = ConfigRecord(
-        {key: np.asarray(value, dtypes[key]).tobytes() for key, value in arrays.items()}
-    )
+    little = {key: np.asarray(value, np.asarray(value).dtype.newbyteorder("<")) for key, value in arrays.items()}
+    record: dict = {key: value.tobytes() for key, value in little.items()}
+    record[LAYOUT_KEY] = json.dumps({key: value.dtype.str for key, value in little.items()})
+    context.state[MEMORY_RECORD] = ConfigRecord(record)
 
 
 def handle_train(message: Message, context: Context) -> Message:
     """Steps 6-13 of Algorithm 2 on this node; replies with the compressor's payload or an empty skip.
 
     A two-way broadcast that does not apply to the theta_tilde this node holds (it restarted, or missed one)
-    raises :class:`~laq_fl.downlink.StaleIterateError`: the server gets an error reply and resends in full.
+    raises :class:`~laq_fl.errors.StaleIterateError`: the server gets an error reply and resends in full.
     """
     return Message(train_reply_content(message.content, context), reply_to=message)
 
@@ -137,7 +153,7 @@ def train_reply_content(content: RecordDict, context: Context) -> RecordDict:
     state = load_state(context, objective.model.size, np.dtype(settings.problem.dtype))
     restored = request.restore is not None
     if restored:
-        state.restore(request.restore.copy, request.restore.version, request.restore.error_sq, request.restore.theta_hat)
+        state.restore(request.restore.copy, request.restore.version, request.restore.error_sq, request.restore.held)
     if not request.instruction.reset and state.version != request.version:
         # This node lost its state (a restart, a new run) or holds another one: computing on it would put a wrong
         # innovation into the aggregate. Say what it holds; the server sends the message again with a restore.
@@ -166,5 +182,5 @@ def identity_reply_content(context: Context) -> RecordDict:
     except NodeConfigError as error:
         return identity_content(config_error=str(error))
     state = stored_state(context, np.dtype(settings.problem.dtype))
-    identity = Identity(partition_id) if state is None else Identity(partition_id, state.version, state.checksum())
+    identity = NodeIdentity(partition_id) if state is None else NodeIdentity(partition_id, state.version, state.checksum())
     return identity_content(identity)

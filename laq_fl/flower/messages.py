@@ -12,7 +12,7 @@ Server -> worker (``train`` message):
                      (compressed innovations from version ``theta-base``, oldest first; -1 and [] with a full theta);
                      ``version`` (the worker's upload count as the server knows it; ignored with ``reset``) and,
                      with a restore, ``restore-version`` and ``restore-error-sq``
-    ``restore``      ArrayRecord, only when the server restores the worker's state (:class:`~laq_fl.server_state.Restore`):
+    ``restore``      ArrayRecord, only when the server restores the worker's state (:class:`~laq_fl.protocol.Restore`):
                      ``copy`` (``Q_hat``) and, for rules that keep it, ``theta-hat``
 
 Worker -> server (reply):
@@ -42,12 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from laq_fl.codec import PayloadError
 from laq_fl.compressors import Compressor, compressor_from_spec
 from laq_fl.downlink import NO_VERSION, Broadcast
-from laq_fl.membership import Identity
+from laq_fl.errors import NodeConfigError, PayloadError
 from laq_fl.memory import memory_named
-from laq_fl.server_state import Restore
+from laq_fl.protocol import NodeIdentity, Restore, TrainReply
 from laq_fl.skip_rules import Instruction, rule_named
 from laq_fl.worker import WorkerParts
 
@@ -77,7 +76,7 @@ RESTORE = "restore"
 RESTORE_VERSION = "restore-version"
 RESTORE_ERROR_SQ = "restore-error-sq"
 RESTORE_COPY = "copy"
-RESTORE_THETA_HAT = "theta-hat"
+"""The restore's ``Q_hat``; its other arrays are the parts' held arrays under their own names (``theta-hat``)."""
 IDENTIFY = "identify"
 IDENTITY = "identity"
 CONFIG_ERROR = "config-error"
@@ -137,8 +136,7 @@ def train_content(
         config[RESTORE_VERSION] = int(restore.version)
         config[RESTORE_ERROR_SQ] = float(restore.error_sq)
         arrays = {RESTORE_COPY: Array(np.ascontiguousarray(restore.copy))}
-        if restore.theta_hat is not None:
-            arrays[RESTORE_THETA_HAT] = Array(np.ascontiguousarray(restore.theta_hat))
+        arrays.update({name: Array(np.ascontiguousarray(value)) for name, value in restore.held.items()})
         records[RESTORE] = ArrayRecord(arrays)
         records[INSTRUCTION] = ConfigRecord(config)
     if broadcast.full:
@@ -202,10 +200,10 @@ def read_train_content(content: RecordDict) -> TrainRequest:
         arrays = content.array_records[RESTORE]
         native = {key: _native(array_to_numpy(array)) for key, array in arrays.items()}
         restore = Restore(
-            copy=native[RESTORE_COPY],
+            copy=native.pop(RESTORE_COPY),
             version=int(config[RESTORE_VERSION]),
             error_sq=float(config[RESTORE_ERROR_SQ]),
-            theta_hat=native.get(RESTORE_THETA_HAT),
+            held=native,
         )
     return TrainRequest(
         broadcast=broadcast,
@@ -251,18 +249,6 @@ def reply_content(
     return RecordDict({REPLY: ConfigRecord(record)})
 
 
-@dataclass(frozen=True)
-class TrainReply:
-    """A decoded reply; a bare skip has every field ``None``."""
-
-    partition_id: int | None = None
-    loss: float | None = None
-    payload: bytes | None = None
-    checksum: int | None = None
-    version: int | None = None
-    error_sq: float | None = None
-
-
 def _integer(record: ConfigRecord, key: str, low: int, high: int) -> int:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
@@ -278,7 +264,8 @@ def _finite(record: ConfigRecord, key: str) -> float:
 
 
 def read_train_reply(message: Message) -> TrainReply:
-    """Decode a worker's reply; raises :class:`PayloadError` when its records are not what the protocol says."""
+    """Decode a worker's reply (:class:`~laq_fl.protocol.TrainReply`); raises :class:`PayloadError` when its records
+    are not what the protocol says. Whether the reply is acceptable is :func:`laq_fl.protocol.judge`'s question."""
     content = message.content
     if not content.config_records and not content.array_records and not content.metric_records:
         return TrainReply()  # a bare skip
@@ -312,8 +299,8 @@ def identify_content() -> RecordDict:
     return RecordDict({IDENTIFY: ConfigRecord({})})
 
 
-def identity_content(identity: Identity | None = None, config_error: str | None = None) -> RecordDict:
-    """A node's answer: its :class:`~laq_fl.membership.Identity`, or the error its node config raised."""
+def identity_content(identity: NodeIdentity | None = None, config_error: str | None = None) -> RecordDict:
+    """A node's answer: its :class:`~laq_fl.protocol.NodeIdentity`, or the error its node config raised."""
     if config_error is not None:
         return RecordDict({IDENTITY: ConfigRecord({CONFIG_ERROR: config_error})})
     assert identity is not None
@@ -323,11 +310,7 @@ def identity_content(identity: Identity | None = None, config_error: str | None 
     return RecordDict({IDENTITY: ConfigRecord(record)})
 
 
-class NodeConfigError(ValueError):
-    """A node's config does not fit the run (no or a wrong ``partition-id``, another ``num-partitions``)."""
-
-
-def read_identity(message: Message) -> Identity:
+def read_identity(message: Message) -> NodeIdentity:
     """Decode a node's answer to ``identify``. Raises :class:`NodeConfigError` with the node's own message when it
     reported one, and :class:`PayloadError` for anything else that is not an identity."""
     content = message.content
@@ -342,4 +325,4 @@ def read_identity(message: Message) -> Identity:
         checksum = _integer(record, CHECKSUM, 0, 2**32) if CHECKSUM in record else None
     except KeyError as exc:
         raise PayloadError(f"an identity needs '{PARTITION_ID}' and '{VERSION}': missing {exc}") from None
-    return Identity(partition=partition, version=version, checksum=checksum)
+    return NodeIdentity(partition=partition, version=version, checksum=checksum)

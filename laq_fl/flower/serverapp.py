@@ -1,5 +1,10 @@
-"""The ServerApp's main: parse the run config, wait for the nodes, run (or resume) the strategy, write results
+"""The ServerApp's main: parse the run config, wait for the nodes, run (or resume) the rounds, write results
 and checkpoints.
+
+The round loop is :func:`run_rounds`: Flower's ``Strategy.start`` loop plus what LAQ needs of it -- a first round
+after 1 (a resumed run), the in-round follow-up (:meth:`~laq_fl.flower.strategy.LaqStrategy.follow_up`: a worker that
+lost its state is restored within the round), and a hook after each round (checkpoints). The strategy itself only
+implements Flower's hooks, so ``LaqStrategy(...).start(grid, arrays, num_rounds)`` runs too (without the follow-up).
 
 Checkpoints (``checkpoint-every`` rounds, and after the last) go to ``<out-dir>/checkpoints/<run-name>.npz``
 (:mod:`laq_fl.checkpoint`); ``resume = true`` with the same ``run-name`` loads the newest, checks that the run config
@@ -17,30 +22,19 @@ from collections.abc import Callable
 from logging import ERROR, INFO
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from laq_fl.checkpoint import (
-    CheckpointError,
-    config_differences,
-    load_checkpoint,
-    save_checkpoint,
-)
-from laq_fl.config import ConfigError
+from laq_fl.checkpoint import config_differences, load_checkpoint, save_checkpoint
+from laq_fl.errors import CheckpointError, ConfigError
 from laq_fl.flower.strategy import LaqStrategy
-from laq_fl.problem import flat_model, partition_sizes, test_evaluator
+from laq_fl.problem import check_problem, flat_model, partition_sizes, test_evaluator
+from laq_fl.protocol import RoundStats
 from laq_fl.results import RoundLog
 from laq_fl.run_config import RESUMABLE_CHANGES, RunSettings, parse_run_config
 from laq_fl.server_state import ServerState
-
-NO_TRAINING = {
-    "uploads": 0, "skips": 0, "rejected": 0, "lost": 0, "resyncs": 0, "restores": 0, "not-contacted": 0,
-    "identified": 0, "duplicates": 0, "unserved": 0, "full-broadcasts": 0, "payload-bits": 0,
-    "downlink-payload-bits": 0, "uplink-bytes": 0, "downlink-bytes": 0, "identify-bytes": 0, "loss-reports": 0,
-    "loss-missing": 0,
-}
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll: float = 0.5) -> list[int]:
@@ -67,7 +61,8 @@ def run_server(grid: Grid, context: Context, on_row: Callable[[dict], None] | No
     """Run ``rounds`` rounds of the configured member of the LAQ family and write one results row per round.
 
     ``on_row(row)``: called with each results row (round 0 first) as it is written, e.g. for a progress bar."""
-    settings = parse_run_config(context.run_config)  # a bad key stops the run here, before round 1
+    settings = parse_run_config(context.run_config)  # a bad key stops the run here, before round 1,
+    check_problem(settings.problem)  # as does a task that does not import or a device torch cannot see
     opened: list[RoundLog] = []  # the results log, once _run has opened it
     try:
         return _run(grid, context, settings, opened, on_row)
@@ -106,7 +101,7 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
     except OSError as error:
         raise ConfigError("out-dir", f"{out_dir} cannot hold the results and checkpoints: {error}") from None
     problem = settings.problem
-    # The task's module and test data first: a task that does not fit its data stops here, before any node waits.
+    # The task's test data first: a task that does not fit its data stops here, before any node waits.
     initial_theta = flat_model(problem).initial_parameters(problem.init, problem.seed, problem.dtype)
     evaluate_theta = test_evaluator(problem)
     try:
@@ -119,7 +114,8 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
 
     nodes = wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
     log(INFO, "%d node(s) connected; running %s for %d rounds", len(nodes), settings.algorithm.algorithm, settings.rounds)
-    strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every, settings.node_wait_timeout)
+    strategy = LaqStrategy(settings.algorithm, settings.num_clients, settings.report_every, settings.node_wait_timeout,
+                           num_rounds=settings.rounds, round_timeout=settings.round_timeout)
     checkpoint = settings.checkpoint_path(context.run_id)
     first_round = 1
     if settings.resume:
@@ -138,12 +134,11 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         (theta,) = arrays.to_numpy_ndarrays()
         test_loss, test_accuracy = evaluate_theta(theta)
-        training = strategy.round_metrics.get(server_round, {**NO_TRAINING, "train-loss": float("nan")})
+        training = strategy.round_stats.get(server_round, RoundStats())  # round 0: nothing trained yet
         # How train-loss is formed: every contacted worker's loss in report rounds, the uploaders' otherwise.
         formed = "none" if server_round == 0 else ("contacted" if strategy.reports_in(server_round) else "uploads")
-        row = results.record(
-            server_round, **training, **{"train-loss-of": formed, "test-loss": test_loss, "test-accuracy": test_accuracy}
-        )
+        row = results.record(server_round, training,
+                             **{"train-loss-of": formed, "test-loss": test_loss, "test-accuracy": test_accuracy})
         if on_row is not None:
             on_row(row)
         log(
@@ -162,17 +157,61 @@ def _run(grid: Grid, context: Context, settings: RunSettings, opened: list[Round
         )
         return MetricRecord({"test-loss": test_loss, "test-accuracy": test_accuracy})
 
-    result = strategy.start(
-        grid,
-        ArrayRecord([initial_theta]),
-        num_rounds=settings.rounds,
-        timeout=settings.round_timeout,
-        evaluate_fn=evaluate,
-        first_round=first_round,
-        on_round_end=on_round_end,
-    )
+    result = run_rounds(strategy, grid, ArrayRecord([initial_theta]), settings.rounds, evaluate_fn=evaluate,
+                        first_round=first_round, on_round_end=on_round_end)
     results.finish("completed")
     log(INFO, "LAQ summary: %s", results.summary())
+    return result
+
+
+def run_rounds(
+    strategy: LaqStrategy,
+    grid: Grid,
+    initial_arrays: ArrayRecord,
+    num_rounds: int,
+    *,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    first_round: int = 1,
+    on_round_end: Callable[[int], None] | None = None,
+) -> Result:
+    """Rounds ``first_round..num_rounds`` of ``strategy`` from theta = ``initial_arrays`` (one flat float array).
+
+    Flower's ``Strategy.start`` loop (no federated evaluation: ``evaluate_fn(round, arrays)`` evaluates centrally,
+    round 0 included when ``first_round`` is 1) with three additions: ``first_round`` > 1 continues a resumed run
+    whose ``strategy.state`` the caller restored; within each round, the strategy's
+    :meth:`~laq_fl.flower.strategy.LaqStrategy.follow_up` messages are sent and their replies added before
+    ``aggregate_train``; ``on_round_end(round)`` runs after each round's evaluation (the ServerApp checkpoints there).
+    Sets ``strategy.num_rounds`` (its last round reports, and checks every partition contributed); replies wait
+    ``strategy.round_timeout`` seconds.
+    """
+    strategy.num_rounds = num_rounds
+    timeout = strategy.round_timeout
+    log(INFO, "Starting %s strategy: rounds %d..%d", type(strategy).__name__, first_round, num_rounds)
+    strategy.summary()
+    result = Result()
+    arrays = ArrayRecord([strategy.state.iterate]) if first_round > 1 and strategy.state is not None else initial_arrays
+    result.arrays = arrays  # a resumed run with no round left returns the checkpoint's model
+    if evaluate_fn is not None and first_round == 1:
+        metrics = evaluate_fn(0, arrays)
+        if metrics is not None:
+            result.evaluate_metrics_serverapp[0] = metrics
+    for server_round in range(first_round, num_rounds + 1):
+        log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies, again = strategy.follow_up(server_round, list(grid.send_and_receive(messages, timeout=timeout)))
+        if again:
+            replies += list(grid.send_and_receive(again, timeout=timeout))
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = result.arrays = new_arrays
+        if train_metrics is not None:
+            result.train_metrics_clientapp[server_round] = train_metrics
+        if evaluate_fn is not None:
+            metrics = evaluate_fn(server_round, arrays)
+            if metrics is not None:
+                result.evaluate_metrics_serverapp[server_round] = metrics
+        if on_round_end is not None:
+            on_round_end(server_round)
     return result
 
 
