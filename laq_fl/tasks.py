@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from laq_fl.errors import ConfigError, DatasetNotFoundError, TaskError
 from laq_fl.data import Dataset, load_dataset
+from laq_fl.errors import ConfigError, DatasetNotFoundError, TaskError
 from laq_fl.models import build_module
 
 

@@ -294,3 +294,23 @@ def test_the_protocol_state_stays_consistent_when_nodes_swap_and_fail(task_ident
     strategy = LaqStrategy(LAQ, M, report_every=2)
     run_rounds(strategy, grid, theta0(), 15, on_round_end=disturb)
     assert_every_serving_node_in_sync(strategy, grid)
+
+
+def test_before_round_one_a_node_whose_first_answer_failed_is_asked_again_after_seconds(task_identity) -> None:
+    """While the server waits for a node per partition, rounds do not advance: a node whose query raised once is
+    asked again after a second (the back-off counts seconds there), and the run starts."""
+    grid = CountingGrid(client_app, M, RUN_CONFIG)
+    node = list(grid.contexts)[1]
+    failures = []
+
+    def flaky_identify(message: Message, context: Context) -> Message:
+        if context.node_id == node and message.metadata.message_type == MessageType.QUERY and not failures:
+            failures.append(message)
+            raise ConnectionError("warm worker starting")
+        return client_app(message, context)
+
+    grid.client_app = flaky_identify
+    strategy = LaqStrategy(LAQ, M, node_wait_timeout=30.0)
+    run_rounds(strategy, grid, theta0(), 2)
+    assert len(failures) == 1 and grid.queries[node] == 2
+    assert strategy.round_stats[1].uploads == M

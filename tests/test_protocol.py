@@ -226,3 +226,14 @@ def test_contributions_stop_after_the_grace_in_rounds_and_seconds() -> None:
     fresh = Contributions(2)
     fresh.contributed(0)
     assert fresh.missing_at_end() == [1]  # never contributed at all
+
+
+def test_before_the_first_round_the_back_off_counts_seconds() -> None:
+    queries = Queries()
+    queries.asked(5, now=0.0)
+    queries.failed(5, server_round=1, reason="boom", now=0.0)
+    assert queries.due([5], 1) == [] and queries.due([5], 1, now=0.5) == []
+    assert queries.due([5], 1, now=1.0) == [5]  # a second later, though still before round 1
+    queries.asked(5, now=1.0)
+    queries.failed(5, server_round=1, reason="boom", now=1.0)
+    assert queries.due([5], 1, now=2.5) == [] and queries.due([5], 1, now=3.0) == [5]  # then two seconds

@@ -45,16 +45,18 @@ class Identification:
         self.pending: dict[str, int] = {}
         """Message id of an outstanding query -> the node asked."""
 
-    def poll(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic) -> None:
+    def poll(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic, waiting: bool = False
+             ) -> None:
         """Read the answers that came, give up waiting on old questions, ask every listed unknown node that is due,
-        and read what came back at once; never waits. Raises :class:`~laq_fl.errors.RunStopped` naming every node
-        whose node config does not fit the run."""
+        and read what came back at once; never waits. ``waiting``: the server waits for a node per partition before
+        the first round (a node that answered with an error is asked again after seconds, not rounds). Raises
+        :class:`~laq_fl.errors.RunStopped` naming every node whose node config does not fit the run."""
         queries, now = self.membership.queries, time.monotonic()
         self._collect(server_round, grid, meter, traffic)
         for node in queries.expired(now, self.round_timeout):
             self.pending = {key: asked for key, asked in self.pending.items() if asked != node}
             self._failed(server_round, node, f"no answer within round-timeout ({self.round_timeout:g} s)")
-        due = queries.due(self.membership.roster.unknown(grid.get_node_ids()), server_round)
+        due = queries.due(self.membership.roster.unknown(grid.get_node_ids()), server_round, now if waiting else None)
         if not due:
             return
         messages = [Message(identify_content(), node, MessageType.QUERY, group_id=f"{server_round}-identify")
@@ -102,7 +104,7 @@ class Identification:
 
     def _failed(self, server_round: int, node: int, reason: str) -> None:
         queries = self.membership.queries
-        if queries.failed(node, server_round, reason):
+        if queries.failed(node, server_round, reason, time.monotonic()):
             log(WARNING, "Round %d: node %d could not say which partition it serves (%s); giving up on it after %d "
                 "attempt(s)", server_round, node, reason, queries.nodes[node].attempts)
         else:

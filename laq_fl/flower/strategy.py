@@ -229,7 +229,7 @@ class LaqStrategy(Strategy):
             deadline = time.monotonic() + self.node_wait_timeout
             while assignment.unserved and time.monotonic() < deadline:
                 time.sleep(POLL_SECONDS)  # before the first round, wait for a node for every partition
-                self.identification.poll(server_round, grid, work.meter, work.traffic)
+                self.identification.poll(server_round, grid, work.meter, work.traffic, waiting=True)
                 assignment = membership.assign(grid.get_node_ids(), time.monotonic(), count_unserved=False)
             if assignment.unserved:
                 raise RunStopped(membership.stop_reason(server_round, assignment.unserved, grid.get_node_ids(),

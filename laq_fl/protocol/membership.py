@@ -17,7 +17,8 @@ may run a ClientApp that cannot answer. Three plain bookkeepers (node ids are in
 :class:`Queries` -- when to ask a node who it is.
     A node is asked at most :data:`MAX_QUERY_ATTEMPTS` times: again after 1, 2, 4, ... rounds when it answers with
     an error (a ClientApp without laq-fl's query handler, a node config that cannot be read) or not at all within
-    the wait; then the server gives up on it and names it, with its last error, when the run stops for want of a
+    the wait (and, while the server waits for a node per partition before the first round, after 1, 2, 4, ...
+    seconds); then the server gives up on it and names it, with its last error, when the run stops for want of a
     node. Queries never hold up a training round: they travel beside it and their answers are read when they come.
 
 :class:`Contributions` -- when a partition counts as not contributing.
@@ -43,6 +44,9 @@ connection, about 60 s."""
 
 MAX_QUERY_ATTEMPTS = 5
 """How many times a node is asked which partition it serves before the server gives up on it."""
+
+RETRY_SECONDS = 1.0
+"""Before the first round, when rounds do not advance: the first wait before a node is asked again (it doubles)."""
 
 
 @dataclass
@@ -157,6 +161,8 @@ class QueryRecord:
     attempts: int = 0
     next_round: int = 0
     """The first round in which it may be asked again."""
+    next_time: float = 0.0
+    """Before the first round: when it may be asked again (seconds, the caller's clock)."""
     pending_since: float | None = None
     """When the outstanding question was sent (seconds, the caller's clock); ``None``: none outstanding."""
     last_error: str | None = None
@@ -171,13 +177,14 @@ class Queries:
         self.max_attempts = max_attempts
         self.nodes: dict[int, QueryRecord] = {}
 
-    def due(self, unknown: Iterable[int], server_round: int) -> list[int]:
-        """The ``unknown`` nodes to ask now: never asked, or due again after an error, with attempts left."""
+    def due(self, unknown: Iterable[int], server_round: int, now: float | None = None) -> list[int]:
+        """The ``unknown`` nodes to ask now: never asked, or due again after an error, with attempts left. ``now``:
+        the server is waiting before the first round, so the seconds since the last failure count, not rounds."""
         due = []
         for node in unknown:
             record = self.nodes.get(node)
-            if record is None or (record.pending_since is None and record.attempts < self.max_attempts
-                                  and record.next_round <= server_round):
+            if record is None or (record.pending_since is None and record.attempts < self.max_attempts and (
+                    record.next_round <= server_round or (now is not None and record.next_time <= now))):
                 due.append(node)
         return due
 
@@ -195,13 +202,15 @@ class Queries:
         return sorted(node for node, record in self.nodes.items()
                       if record.pending_since is not None and now - record.pending_since >= patience)
 
-    def failed(self, node: int, server_round: int, reason: str) -> bool:
-        """The question to ``node`` got an error or no answer: ask again after 1, 2, 4, ... rounds. Returns True
-        when that was its last attempt (the server gives up on it)."""
+    def failed(self, node: int, server_round: int, reason: str, now: float = 0.0) -> bool:
+        """The question to ``node`` got an error or no answer (at ``now``): ask again after 1, 2, 4, ... rounds (or
+        :data:`RETRY_SECONDS` times as many seconds before the first round). Returns True when that was its last
+        attempt (the server gives up on it)."""
         record = self.nodes.setdefault(node, QueryRecord(attempts=1))
         record.pending_since = None
         record.last_error = reason
         record.next_round = server_round + 2 ** (record.attempts - 1)
+        record.next_time = now + RETRY_SECONDS * 2 ** (record.attempts - 1)
         return record.attempts >= self.max_attempts
 
     def answered(self, node: int) -> None:
