@@ -307,39 +307,58 @@ class ServerState:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], config: AlgorithmConfig, num_workers: int, key=int,
                     device: object = None) -> ServerState:
-        """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for partitions).
+        """Inverse of :meth:`to_arrays`; ``key`` turns the stored ``str`` worker keys back (``int`` for partitions,
+        which must lie in ``0..num_workers - 1``).
 
-        A worker whose row cannot be read back (a column missing or misshapen, a copy or iterate not finite, an
-        unknown sync state) is treated as lost: it is left out, the aggregate is summed again from the copies that
-        remain (in key order), and its next contact is a reset upload; a warning names it.
+        A worker whose row cannot be read back (a key that is not a worker's or comes twice, a column missing or
+        misshapen, a copy or iterate not finite, a negative version or clock, an unknown sync state) is treated as
+        lost: it is left out, and its next contact is a reset upload; a warning names it. The stored aggregate is
+        kept only if it is the sum of the copies that remain (to float64 rounding); otherwise, a row left out or the
+        aggregate itself damaged, it is summed again from them (in key order), with a warning: the lazy aggregate is
+        always the sum of the copies.
 
         Raises ``KeyError`` for a missing top-level array (theta, the aggregate, ...) and ``ValueError`` when theta
-        is not a flat float vector.
+        (or theta_tilde) is not a finite flat float vector.
         """
-        state = cls(np.asarray(arrays["theta"]), config, num_workers, device)
+        theta = np.asarray(arrays["theta"])
+        if theta.dtype.kind == "f" and not np.isfinite(theta).all():
+            raise ValueError("theta is not finite")
+        state = cls(theta, config, num_workers, device)
         state.recent_sq_diffs.extend(float(value) for value in arrays["recent-sq-diffs"])
         state.iteration = int(arrays["iteration"])
         if state.downlink is not None:
-            state.downlink.theta_tilde = np.array(arrays["theta-tilde"], state.theta.dtype)
+            theta_tilde = np.array(arrays["theta-tilde"], state.theta.dtype)
+            if theta_tilde.shape != state.theta.shape or not np.isfinite(theta_tilde).all():
+                raise ValueError("theta_tilde is not a finite vector of theta's size")
+            state.downlink.theta_tilde = theta_tilde
             state.downlink.version = int(arrays["theta-version"])
-        names = [str(name) for name in arrays.get(WORKERS_COLUMN, [])]
         unreadable = []
-        for row, name in enumerate(names):
+        for row, name in enumerate(str(name) for name in arrays.get(WORKERS_COLUMN, [])):
             try:
-                record = state._record_from(arrays, row)
+                worker = key(name)
+                if isinstance(worker, int) and not 0 <= worker < num_workers:
+                    raise ValueError(f"worker {worker} is outside 0..{num_workers - 1}")
+                if worker in state.workers:
+                    raise ValueError("a second row for one worker")
+                state.workers[worker] = state._record_from(arrays, row)
             except (KeyError, IndexError, TypeError, ValueError) as error:
                 unreadable.append(f"{name} ({type(error).__name__}: {error})")
-                continue
-            state.workers[key(name)] = record
         if unreadable:
             logger.warning("checkpoint: %d worker row(s) cannot be read back and are reset: %s", len(unreadable),
                            "; ".join(unreadable))
-            aggregate = np.zeros(state.size, np.float64)
-            for worker in sorted(state.workers, key=str):
-                if state.workers[worker].copy is not None:
-                    aggregate += to_numpy(state.workers[worker].copy)
+        summed = np.zeros(state.size, np.float64)
+        for worker in sorted(state.workers, key=str):
+            if state.workers[worker].copy is not None:
+                summed += to_numpy(state.workers[worker].copy)
+        stored = np.asarray(arrays["aggregate"], np.float64)
+        scale = float(np.max(np.abs(summed), initial=1.0))
+        if stored.shape == summed.shape and np.allclose(stored, summed, rtol=1e-9, atol=1e-12 * scale):
+            aggregate = np.array(stored)  # the very bits the run had: a resumed run goes on exactly
         else:
-            aggregate = np.array(arrays["aggregate"], np.float64)
+            if not unreadable:
+                logger.warning("checkpoint: the lazy aggregate is not the sum of the workers' copies (damaged?); "
+                               "it is summed again from them")
+            aggregate = summed
         state.aggregate = like(aggregate, state.aggregate)
         return state
 
@@ -362,6 +381,9 @@ class ServerState:
             else:
                 values[name] = (int if kind == "int" else float)(arrays[column][row])
         record = WorkerRecord(**values)
+        if min(record.version, record.skip_clock) < 0 or not (np.isfinite(record.error_sq) and record.error_sq >= 0):
+            raise ValueError(f"version {record.version}, clock {record.skip_clock} or error-sq {record.error_sq} is "
+                             "not a worker's")
         if (record.copy is None) != (record.sync is Sync.NEW):
             raise ValueError(f"sync {record.sync.value!r} with{'out' if record.copy is None else ''} a copy")
         if self.downlink is None:

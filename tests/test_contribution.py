@@ -123,7 +123,7 @@ def test_a_partition_whose_worker_always_fails_ends_the_run_failed_naming_it(tmp
         serve(run_config, grid)
     rows, status = read_results(tmp_path / "silent.jsonl")
     assert status["status"] == "failed" and "FileNotFoundError" in status["error"]
-    assert [row["rejected"] for row in rows[1:]] == [1] * 29  # round 30 stopped before its row
+    assert [row["rejected"] for row in rows[1:]] == [1] * 30  # every round's row, the last one included
 
 
 class FaultyNodeGrid(InProcessGrid):
@@ -314,3 +314,30 @@ def test_before_round_one_a_node_whose_first_answer_failed_is_asked_again_after_
     run_rounds(strategy, grid, theta0(), 2)
     assert len(failures) == 1 and grid.queries[node] == 2
     assert strategy.round_stats[1].uploads == M
+
+
+def test_flowers_own_start_loop_also_refuses_to_end_a_run_missing_a_partition(task_identity) -> None:
+    """Strategy.start is Flower's loop, told its last round: a partition failing in the last rounds fails the run."""
+    grid = InProcessGrid(failing_on(0, ConnectionError("gone"), range(4, 7)), M, RUN_CONFIG)
+    with pytest.raises(RunStopped, match=r"round 6: the run ends while partition\(s\) \[0\]"):
+        LaqStrategy(LAQ, M).start(grid, theta0(), num_rounds=6)
+
+
+def test_a_misconfigured_node_joining_mid_run_is_named_not_fatal(task_identity, caplog) -> None:
+    """After round 3 a fourth SuperNode appears with partition-id 7 (num-clients 3): before round 1 that would stop
+    the run; mid-run it is named in a warning, asked again with back-off, and the run completes as without it."""
+    clean = LaqStrategy(LAQ, M)
+    run_rounds(clean, InProcessGrid(client_app, M, RUN_CONFIG), theta0(), 10)
+    grid = CountingGrid(client_app, M + 1, RUN_CONFIG)
+    stray = list(grid.contexts)[M]
+    for context in grid.contexts.values():
+        context.node_config["num-partitions"] = M
+    grid.contexts[stray].node_config["partition-id"] = 7
+    listed = grid.get_node_ids
+    grid.get_node_ids = lambda: [n for n in listed() if n != stray or grid.rounds > 3]
+    grid.rounds = 0
+    strategy = LaqStrategy(LAQ, M)
+    run_rounds(strategy, grid, theta0(), 10, on_round_end=lambda r: setattr(grid, "rounds", r))
+    assert f"node {stray} could not say which partition it serves (its node config does not fit" in caplog.text
+    assert 1 <= grid.queries[stray] <= 3  # rounds 4, 5, 7
+    np.testing.assert_array_equal(strategy.state.theta, clean.state.theta)

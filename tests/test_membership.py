@@ -64,3 +64,17 @@ def test_identities_outside_the_partitions_are_refused() -> None:
     assert roster.unknown([1, 2]) == [1]
     roster.forget(2)
     assert roster.unknown([1, 2]) == [1, 2]
+
+
+def test_when_every_claimant_failed_the_one_that_failed_longest_ago_gets_another_try() -> None:
+    """Node 10 fails once, node 20 takes over and fails every round: 10 serves again, and the two take turns."""
+    roster = roster_with({10: 0, 20: 0}, partitions=1)
+    served = []
+    for failing in (10, 20, 10, 20):
+        serving = roster.assign([10, 20]).serving[0]
+        served.append(serving)
+        assert serving == failing
+        roster.failed(serving)
+    assert served == [10, 20, 10, 20]
+    roster.answered(10)
+    assert roster.assign([10, 20]).serving[0] == 10 and roster.assign([10, 20]).serving[0] == 10

@@ -174,6 +174,53 @@ def test_a_restore_carries_the_server_kept_part_arrays() -> None:
     assert laq.restore(0).held == {}
 
 
+def three_workers() -> ServerState:
+    state = server()
+    for worker, value in enumerate((1.0, 2.0, 4.0)):
+        state.commit(worker, np.full(4, value, np.float32))
+    return state
+
+
+@pytest.mark.parametrize("damage", ["row-missing", "out-of-range", "renamed", "aggregate-off", "aggregate-nan",
+                                    "error-sq-nan", "negative-version", "twice"])
+def test_a_damaged_checkpoint_never_leaves_the_aggregate_other_than_the_sum_of_the_copies(caplog, damage: str) -> None:
+    arrays = three_workers().to_arrays()
+    names = [str(name) for name in arrays["workers"]]
+    if damage == "row-missing":  # worker 1's row is gone, its copy still inside the stored aggregate
+        arrays = {key: (np.delete(value, 1, axis=0) if key not in ("theta", "aggregate", "recent-sq-diffs", "iteration")
+                        else value) for key, value in arrays.items()}
+    elif damage in ("out-of-range", "renamed", "twice"):
+        arrays["workers"] = np.asarray({"out-of-range": ["0", "7", "2"], "renamed": ["0", "x", "2"],
+                                        "twice": ["0", "2", "2"]}[damage])
+    elif damage.startswith("aggregate"):
+        arrays["aggregate"] = arrays["aggregate"] + (np.nan if damage == "aggregate-nan" else 1.0)
+    elif damage == "error-sq-nan":
+        arrays["error-sqs"] = np.asarray([0.0, np.nan, 0.0])
+    else:
+        arrays["versions"] = np.asarray([1, -7, 1])
+    back = ServerState.from_arrays(arrays, server().config, 3)
+    np.testing.assert_array_equal(back.aggregate, sum(c.astype(np.float64) for c in back.copies.values()))
+    assert set(back.workers) <= {0, 1, 2} and "checkpoint:" in caplog.text
+    if not damage.startswith("aggregate"):
+        assert len(back.workers) == 2 and all(back.instruction(w).reset for w in {0, 1, 2} - set(back.workers))
+    assert names == ["0", "1", "2"]
+
+
+def test_an_undamaged_checkpoint_keeps_the_aggregate_bit_for_bit(caplog) -> None:
+    state = three_workers()
+    state.aggregate += 1e-13  # the rounding an incremental sum collects over a run
+    back = ServerState.from_arrays(state.to_arrays(), state.config, 3)
+    np.testing.assert_array_equal(back.aggregate, state.aggregate)
+    assert "checkpoint:" not in caplog.text
+
+
+def test_a_checkpoint_whose_theta_is_not_finite_is_refused() -> None:
+    arrays = three_workers().to_arrays()
+    arrays["theta"] = np.full(4, np.nan, np.float32)
+    with pytest.raises(ValueError, match="theta is not finite"):
+        ServerState.from_arrays(arrays, server().config, 3)
+
+
 def test_a_checkpoint_row_that_cannot_be_read_back_is_reset_not_fatal(caplog) -> None:
     state = server()
     for worker, value in enumerate((1.0, 2.0, 4.0)):
@@ -219,13 +266,13 @@ def test_contributions_stop_after_the_grace_in_rounds_and_seconds() -> None:
         tracker.failed(2, now, None, "no connected node serves it")
     assert tracker.stuck(now=2.0, min_seconds=60.0) == []  # three rounds, but not yet a minute
     assert tracker.stuck(now=60.0, min_seconds=60.0) == [1, 2]
-    assert tracker.missing_at_end() == [1, 2]
+    assert tracker.missing_at_end(holding=[0, 1, 2]) == [1, 2]
     assert "partition 1 (node 11): 3 round(s), last: error reply: boom" in tracker.describe([1])
     tracker.contributed(1)
-    assert tracker.stuck(now=100.0, min_seconds=0.0) == [2] and tracker.missing_at_end() == [2]
+    assert tracker.stuck(now=100.0, min_seconds=0.0) == [2] and tracker.missing_at_end(holding=[0, 1, 2]) == [2]
     fresh = Contributions(2)
     fresh.contributed(0)
-    assert fresh.missing_at_end() == [1]  # never contributed at all
+    assert fresh.missing_at_end(holding=[0]) == [1]  # the server holds no copy of it: it never contributed
 
 
 def test_before_the_first_round_the_back_off_counts_seconds() -> None:

@@ -245,7 +245,7 @@ def test_a_fractional_partition_id_is_a_node_config_error(task_identity) -> None
         run(LAQ, grid, 2)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "layout", "twice-the-size", "nan-error"])
+@pytest.mark.parametrize("damage", ["truncated", "layout", "twice-the-size", "nan-error", "nan-copy"])
 def test_a_node_state_that_cannot_be_read_back_is_restored_not_fatal(task_identity, caplog, damage: str) -> None:
     """A node's context.state damaged after round 3 (bytes cut short, an unreadable layout, a Q_hat of another size,
     a non-finite scalar): the worker treats it as lost, says its state differs, and the server restores it within the
@@ -263,8 +263,12 @@ def test_a_node_state_that_cannot_be_read_back_is_restored_not_fatal(task_identi
                 record["layout"] = "{not json"
             elif damage == "twice-the-size":
                 record["copy"] = record["copy"] * 2
-            else:
+            elif damage == "nan-error":
                 record["last-error-sq"] = np.float64(np.nan).tobytes()
+            else:
+                copy = np.frombuffer(record["copy"], "<f4").copy()
+                copy[3] = np.nan
+                record["copy"] = copy.tobytes()
 
     strategy = run(LAQ, grid, 9, damage_state)
     assert strategy.round_stats[4].restores == 1 and strategy.round_stats[4].rejected == 0

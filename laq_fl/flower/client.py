@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from logging import WARNING
 
 import numpy as np
@@ -115,9 +114,11 @@ def _read_state(record: ConfigRecord, dtype: np.dtype) -> WorkerState:
             if values.size != 1:
                 raise ValueError(f"{key!r} holds {values.size} values, not one")
             values = values.reshape(())
+        if stored.kind == "f" and not np.isfinite(values).all():  # the server never holds a non-finite copy
+            raise ValueError(f"{key!r} holds NaN or inf")
         arrays[key] = values
     state = WorkerState.from_arrays(arrays)
-    if not (math.isfinite(state.last_error_sq) and state.version >= 0):
+    if state.version < 0 or state.last_error_sq < 0:
         raise ValueError(f"last-error-sq {state.last_error_sq} or version {state.version} is not a state's")
     return state
 

@@ -45,14 +45,19 @@ class Identification:
         self.pending: dict[str, int] = {}
         """Message id of an outstanding query -> the node asked."""
 
-    def poll(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic, waiting: bool = False
-             ) -> None:
+    def poll(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic, starting: bool = False,
+             waiting: bool = False) -> None:
         """Read the answers that came, give up waiting on old questions, ask every listed unknown node that is due,
-        and read what came back at once; never waits. ``waiting``: the server waits for a node per partition before
-        the first round (a node that answered with an error is asked again after seconds, not rounds). Raises
-        :class:`~laq_fl.errors.RunStopped` naming every node whose node config does not fit the run."""
+        and read what came back at once; never waits.
+
+        ``starting``: before the first round, a node whose node config does not fit the run stops it
+        (:class:`~laq_fl.errors.RunStopped` naming every such node and its error: the operator is starting the
+        federation); later such a node is only named in a warning and not asked again until its back-off ends (a
+        stray SuperNode must not stop a healthy run; if its partition then goes unserved, that stop names it).
+        ``waiting``: the server waits for a node per partition before the first round (a node that answered with an
+        error is asked again after seconds, not rounds)."""
         queries, now = self.membership.queries, time.monotonic()
-        self._collect(server_round, grid, meter, traffic)
+        self._collect(server_round, grid, meter, traffic, starting)
         for node in queries.expired(now, self.round_timeout):
             self.pending = {key: asked for key, asked in self.pending.items() if asked != node}
             self._failed(server_round, node, f"no answer within round-timeout ({self.round_timeout:g} s)")
@@ -69,9 +74,9 @@ class Identification:
                 self.pending[message.metadata.message_id] = node
             else:
                 self._failed(server_round, node, "the SuperLink did not take the query")
-        self._collect(server_round, grid, meter, traffic)
+        self._collect(server_round, grid, meter, traffic, starting)
 
-    def _collect(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic) -> None:
+    def _collect(self, server_round: int, grid: Grid, meter: WireMeter, traffic: QueryTraffic, starting: bool) -> None:
         if not self.pending:
             return
         roster, config_errors = self.membership.roster, []
@@ -89,12 +94,14 @@ class Identification:
                 roster.identify(node, identity)
             except (NodeConfigError, ValueError) as error:  # PayloadError is a ValueError too: a node that
                 config_errors.append(f"node {node}: {error}")  # answers nonsense to identify is misconfigured
+                if not starting:
+                    self._failed(server_round, node, f"its node config does not fit this run: {error}")
                 continue
             self.membership.queries.answered(node)
             traffic.identified += 1
             log(INFO, "Round %d: node %d serves partition %d (state version %d)", server_round, node,
                 identity.partition, identity.version)
-        if config_errors:
+        if config_errors and starting:
             raise RunStopped(
                 f"round {server_round}: {len(config_errors)} node(s) do not fit this run "
                 f"({len(list(grid.get_node_ids()))} node(s) connected for num-clients={roster.num_partitions}); fix "

@@ -181,7 +181,8 @@ def run_rounds(
     whose ``strategy.state`` the caller restored; within each round, the strategy's
     :meth:`~laq_fl.flower.strategy.LaqStrategy.follow_up` messages are sent and their replies added before
     ``aggregate_train``; ``on_round_end(round)`` runs after each round's evaluation (the ServerApp checkpoints there).
-    Sets ``strategy.num_rounds`` (its last round reports, and checks every partition contributed); replies wait
+    Sets ``strategy.num_rounds`` (its last round reports), and after it calls ``strategy.check_complete()``, which
+    raises :class:`~laq_fl.errors.RunStopped` when a partition did not contribute; replies wait
     ``strategy.round_timeout`` seconds.
     """
     strategy.num_rounds = num_rounds
@@ -212,6 +213,7 @@ def run_rounds(
                 result.evaluate_metrics_serverapp[server_round] = metrics
         if on_round_end is not None:
             on_round_end(server_round)
+    strategy.check_complete()  # the last row and checkpoint are written: a failed end can still be resumed
     return result
 
 
@@ -232,7 +234,10 @@ def resume_from(path: Path, settings: RunSettings, strategy: LaqStrategy) -> tup
     done = int(meta["round"])
     if done > settings.rounds:
         raise CheckpointError(f"resume: the checkpoint {path} is after round {done}, past rounds = {settings.rounds}")
-    strategy.state = ServerState.from_arrays(arrays, settings.algorithm, settings.num_clients)
+    try:
+        strategy.state = ServerState.from_arrays(arrays, settings.algorithm, settings.num_clients)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {type(error).__name__}: {error}") from error
     results = RoundLog(Path(meta["results"]), settings.algorithm.algorithm, resume_after=done)
     log(INFO, "Resuming %s after round %d from %s; results continue in %s", settings.algorithm.algorithm, done, path,
         results.path)

@@ -12,6 +12,8 @@ protocol (:mod:`laq_fl.protocol`: records, verdicts, membership) and the server'
   the message of every worker that said its state differs, so the round goes on as if nothing had happened. The
   ServerApp's loop (:func:`laq_fl.flower.serverapp.run_rounds`) calls it; Flower's own ``Strategy.start`` does not,
   and such a worker is then restored at its next contact.
+- :meth:`LaqStrategy.check_complete`, after the last round, refuses to let a run end as if complete while a
+  partition did not contribute. ``start`` is Flower's loop, told its last round and followed by this check.
 
 Every member (GD ... LAQ, SGD ... SLAQ-WK2, EF-SignSGD, TernGrad, DGC) is this class with its
 :class:`~laq_fl.config.AlgorithmConfig`; the minibatch members ask for seeded minibatch gradients. theta^0 comes
@@ -21,7 +23,7 @@ from the arrays of the first ``configure_train`` unless :attr:`LaqStrategy.state
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -29,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from laq_fl.config import AlgorithmConfig
 from laq_fl.errors import NonFiniteError, PayloadError, RunStopped
@@ -152,11 +154,12 @@ class LaqStrategy(Strategy):
     Raises
     ------
     RunStopped
-        From ``configure_train`` when a node's config does not fit the run (named, before any training message of
-        that round), when a partition has no node before the first round (after ``node_wait_timeout``), or has
-        contributed nothing for ``GRACE_ROUNDS`` rounds and ``node_wait_timeout`` seconds; from ``aggregate_train``
-        when no reply was accepted in ``MAX_FAILED_ROUNDS`` consecutive rounds, theta^{k+1} is not finite, or the
-        last round ends while a partition has not contributed for ``GRACE_ROUNDS`` rounds (or ever).
+        From ``configure_train`` before the first round when a node's config does not fit the run (named, before any
+        training message) or a partition has no node after ``node_wait_timeout``, and in any round when a partition
+        has contributed nothing for ``GRACE_ROUNDS`` rounds and ``node_wait_timeout`` seconds; from
+        ``aggregate_train`` when no reply was accepted in ``MAX_FAILED_ROUNDS`` consecutive rounds or theta^{k+1} is
+        not finite; from :meth:`check_complete` (and ``start``) when the last round ends while a partition has not
+        contributed for ``GRACE_ROUNDS`` rounds, or never did.
     """
 
     def __init__(self, config: AlgorithmConfig, num_workers: int, report_every: int = 10,
@@ -223,13 +226,13 @@ class LaqStrategy(Strategy):
         """Partition -> node for this round; checks the state of nodes taking a partition over; stops the run when a
         partition has had no node before the first round, or has contributed nothing for too long."""
         membership = self.membership
-        self.identification.poll(server_round, grid, work.meter, work.traffic)
+        self.identification.poll(server_round, grid, work.meter, work.traffic, starting=self._first_round)
         assignment = membership.assign(grid.get_node_ids(), time.monotonic(), count_unserved=not self._first_round)
         if self._first_round:
             deadline = time.monotonic() + self.node_wait_timeout
             while assignment.unserved and time.monotonic() < deadline:
                 time.sleep(POLL_SECONDS)  # before the first round, wait for a node for every partition
-                self.identification.poll(server_round, grid, work.meter, work.traffic, waiting=True)
+                self.identification.poll(server_round, grid, work.meter, work.traffic, starting=True, waiting=True)
                 assignment = membership.assign(grid.get_node_ids(), time.monotonic(), count_unserved=False)
             if assignment.unserved:
                 raise RunStopped(membership.stop_reason(server_round, assignment.unserved, grid.get_node_ids(),
@@ -250,7 +253,7 @@ class LaqStrategy(Strategy):
         stuck = membership.stuck(time.monotonic())
         if stuck:
             raise RunStopped(membership.stop_reason(server_round, stuck, grid.get_node_ids(),
-                                                    f"for {membership.contributions.grace_rounds} rounds"))
+                                                    f"for {membership.contributions.grace_rounds} rounds or more"))
         return assignment.serving
 
     # ------------------------------------------------------------------ rounds
@@ -365,8 +368,6 @@ class LaqStrategy(Strategy):
             self.state.step()
         except NonFiniteError as error:
             raise RunStopped(f"round {server_round}: {error}") from error
-        if server_round == self.num_rounds and (incomplete := self.membership.end_reason(server_round)):
-            raise RunStopped(incomplete)
         # The model everyone holds: theta^{k+1}, or theta_tilde^{k+1} with two-way broadcasts.
         return ArrayRecord([self.state.iterate]), MetricRecord(stats.metrics())
 
@@ -451,6 +452,26 @@ class LaqStrategy(Strategy):
         stats.train_loss = float(np.mean(losses)) if losses else float("nan")  # partition order, as the driver
         stats.loss_reports = len(losses)
         return stats
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's own loop (``Strategy.start``, unchanged), told its last round: that round is a report round, and
+        after it :meth:`check_complete` raises if a partition did not contribute."""
+        self.num_rounds = num_rounds
+        result = super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
+        self.check_complete()
+        return result
+
+    def check_complete(self) -> None:
+        """After the last round: raise :class:`RunStopped` when a partition did not contribute for the last
+        ``GRACE_ROUNDS`` rounds, or the server holds no copy of it (it never contributed): the run must not report
+        ``completed`` with a model trained on part of the data."""
+        last = max(self.round_stats, default=0)
+        holding = self.state.copies if self.state is not None else ()
+        incomplete = self.membership.end_reason(last, holding)
+        if incomplete:
+            raise RunStopped(incomplete)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

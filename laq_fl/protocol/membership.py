@@ -10,8 +10,9 @@ may run a ClientApp that cannot answer. Three plain bookkeepers (node ids are in
     stale (it answers for another partition): it says which partition it serves and the version and checksum of
     the state it holds (:class:`~laq_fl.protocol.NodeIdentity`). Every round each partition is *served* by one
     node (:meth:`Roster.assign`): a node that keeps answering keeps its partition; when the serving node is gone or
-    its last contact failed, the newest other node claiming the partition takes over (a restarted node is the
-    newest); a partition nobody served yet goes to its first claimant. Every other node claiming a served partition
+    its last contact failed, the newest other node claiming the partition that has not failed takes over (a
+    restarted node is the newest), or, when every claimant's last contact failed, the one that failed longest ago
+    (so two flaky nodes take turns); a partition nobody served yet goes to its first claimant. Every other node claiming a served partition
     is a *duplicate*: never contacted while the serving node answers, and named once in a warning.
 
 :class:`Queries` -- when to ask a node who it is.
@@ -83,8 +84,9 @@ class Roster:
         """Node id -> what it said when identified."""
         self.serving: dict[int, int] = {}
         """Partition -> the node that served it last."""
-        self.failing: set[int] = set()
-        """Nodes whose last contact failed (no reply, an error, a rejected reply)."""
+        self.failing: dict[int, int] = {}
+        """Nodes whose last contact failed (no reply, an error, a rejected reply) -> when (a count of failures)."""
+        self._failures = 0
         self._order: dict[int, int] = {}
         self._reported_duplicates: set[int] = set()
         self._replaced: set[int] = set()  # former serving nodes: a ghost of a restarted node, not a duplicate
@@ -104,13 +106,14 @@ class Roster:
     def forget(self, node: int) -> None:
         """Identify ``node`` again when next seen (a reply showed that what it said is stale)."""
         self.identities.pop(node, None)
-        self.failing.discard(node)
+        self.failing.pop(node, None)
 
     def answered(self, node: int) -> None:
-        self.failing.discard(node)
+        self.failing.pop(node, None)
 
     def failed(self, node: int) -> None:
-        self.failing.add(node)
+        self._failures += 1
+        self.failing[node] = self._failures
 
     def partition_of(self, node: int) -> int | None:
         identity = self.identities.get(node)
@@ -138,8 +141,14 @@ class Roster:
             elif holder is None:
                 chosen = nodes[0]
             else:
-                healthy = [node for node in nodes if node != holder and node not in self.failing]
-                chosen = healthy[-1] if healthy else (holder if holder in nodes else nodes[-1])
+                others = [node for node in nodes if node != holder]
+                healthy = [node for node in others if node not in self.failing]
+                if healthy:
+                    chosen = healthy[-1]
+                elif others:  # every other claimant failed too: the one whose failure is oldest gets another try
+                    chosen = min(others, key=self.failing.__getitem__)
+                else:
+                    chosen = holder
             if chosen != holder:
                 outcome.taken_over.append((partition, holder, chosen))
                 self.serving[partition] = chosen
@@ -242,13 +251,10 @@ class Contributions:
     def __init__(self, num_partitions: int, grace_rounds: int = GRACE_ROUNDS) -> None:
         self.grace_rounds = grace_rounds
         self.silences: dict[int, Silence] = {}
-        self.contributors: set[int] = set()
-        """Partitions with at least one accepted reply in this run."""
         self.num_partitions = num_partitions
 
     def contributed(self, partition: int) -> None:
         self.silences.pop(partition, None)
-        self.contributors.add(partition)
 
     def failed(self, partition: int, now: float, node: int | None, reason: str) -> None:
         silence = self.silences.get(partition)
@@ -263,10 +269,11 @@ class Contributions:
         return sorted(partition for partition, silence in self.silences.items()
                       if silence.rounds >= self.grace_rounds and now - silence.since >= min_seconds)
 
-    def missing_at_end(self) -> list[int]:
-        """At the end of the run: partitions silent for the last ``grace_rounds`` rounds, or that never contributed."""
+    def missing_at_end(self, holding: Iterable[int]) -> list[int]:
+        """At the end of the run: partitions silent for the last ``grace_rounds`` rounds, or that never contributed:
+        not among ``holding``, the partitions whose copy the server holds (a resumed run's copies included)."""
         silent = {partition for partition, silence in self.silences.items() if silence.rounds >= self.grace_rounds}
-        return sorted(silent | (set(range(self.num_partitions)) - self.contributors))
+        return sorted(silent | (set(range(self.num_partitions)) - set(holding)))
 
     def describe(self, partitions: Iterable[int]) -> str:
         """``partition P (node N): R rounds, last: REASON; ...`` for a stop message."""
@@ -315,8 +322,8 @@ class Membership:
 
     def stop_reason(self, server_round: int, partitions: Sequence[int], listed: Iterable[int], how_long: str) -> str:
         """Why the run stops for ``partitions`` (no node serves them, or their nodes' replies fail): the partitions,
-        the nodes connected and what they claim, the nodes that could not say who they are and their errors, and what
-        to do."""
+        the nodes connected and what they claim (two claiming one partition named), the nodes that could not say who
+        they are and their errors, and what to do."""
         listed = sorted(listed)
         silences = self.contributions.silences
         unserved = [p for p in partitions if p not in silences or silences[p].node is None]
@@ -326,29 +333,34 @@ class Membership:
             what.append(f"no connected node has served partition(s) {unserved} {how_long}")
         if failing:
             what.append(f"partition(s) {failing} contributed nothing {how_long} ({self.contributions.describe(failing)})")
+        claims = self.roster.claims(listed)
+        why = f"; the {len(listed)} node(s) connected serve {claims} (node: partition)"
+        shared = sorted({partition for partition in claims.values() if list(claims.values()).count(partition) > 1})
+        if shared:
+            why += f"; partition(s) {shared} are claimed by more than one node (SuperNodes started with one partition-id?)"
         errors = self.queries.errors(listed)
-        waiting = [node for node in listed if self.queries.pending(node) and node not in errors]
-        why = ""
         if errors:
-            why += (f"; {len(errors)} node(s) answered the query 'which partition do you serve?' with an error (does "
-                    "their ClientApp run laq-fl's client_app.py, or wrap the user's app with laq-fl's handlers?): "
+            why += (f"; {len(errors)} node(s) answered the query 'which partition do you serve?' with an error: "
                     + "; ".join(f"node {node}: {reason}" for node, reason in errors.items()))
+        waiting = [node for node in listed if self.queries.pending(node) and node not in errors]
         if waiting:
             why += f"; node(s) {waiting} have not answered that query yet"
         advice = []
+        if unserved and errors:
+            advice.append("make the nodes that answered with an error run laq-fl's ClientApp (client_app.py, or the "
+                          "user's app with laq-fl's handlers)")
         if unserved:
             advice.append(f"start a SuperNode with --node-config \"partition-id=P num-partitions={self.num_partitions}\" "
-                          "for each missing P")
+                          "for each partition no node claims")
         if failing:
-            advice.append("fix what makes the failing nodes' replies fail (their errors above)")
+            advice.append("fix what makes the failing nodes' replies fail (each one's last error is named above)")
         return (f"round {server_round}: {' and '.join(what)} (node-wait-timeout = {self.node_wait_timeout:g} s), so the "
-                f"run would train on part of the data; the {len(listed)} node(s) connected serve "
-                f"{self.roster.claims(listed)} (node: partition){why}. To go on, {' and '.join(advice)}")
+                f"run would train on part of the data{why}. To go on, {'; or '.join(advice)}")
 
-    def end_reason(self, server_round: int) -> str | None:
-        """At the last round: why the run may not report ``completed`` (a partition failing for the last
-        :data:`GRACE_ROUNDS` rounds, or that never contributed), or ``None``."""
-        missing = self.contributions.missing_at_end()
+    def end_reason(self, server_round: int, holding: Iterable[int]) -> str | None:
+        """After the last round: why the run may not report ``completed`` (a partition failing for the last
+        :data:`GRACE_ROUNDS` rounds, or one whose copy the server does not hold: not among ``holding``), or ``None``."""
+        missing = self.contributions.missing_at_end(holding)
         if not missing:
             return None
         return (f"round {server_round}: the run ends while partition(s) {missing} did not contribute for the last "
