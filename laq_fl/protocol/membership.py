@@ -115,10 +115,6 @@ class Roster:
         self._failures += 1
         self.failing[node] = self._failures
 
-    def partition_of(self, node: int) -> int | None:
-        identity = self.identities.get(node)
-        return None if identity is None else identity.partition
-
     def claims(self, listed: Iterable[int]) -> dict[int, int]:
         """Node -> the partition it claims, for the listed identified nodes."""
         return {node: self.identities[node].partition for node in sorted(listed) if node in self.identities}
