@@ -55,6 +55,11 @@ class StateArray:
             raise ValueError(f"state array {self.name!r}: dtype must be {MODEL_DTYPE!r} or a float dtype, got {self.dtype!r}")
 
 
+    def numpy_dtype(self, model_dtype: np.dtype | type | str) -> np.dtype:
+        """The array's numpy dtype in a run whose parameters are ``model_dtype``."""
+        return np.dtype(model_dtype if self.dtype == MODEL_DTYPE else self.dtype)
+
+
 def declared(parts: Iterable[object]) -> tuple[StateArray, ...]:
     """The state arrays ``parts`` declare (each part's ``state_arrays``, if any), in order.
 

@@ -147,3 +147,22 @@ def test_fast_array_reader_equals_flower_numpy(array: np.ndarray) -> None:
     np.testing.assert_array_equal(fast, expected)
     # The fast path (a read-only view of the bytes) serves C-order arrays; Fortran order falls back to np.load.
     assert fast.flags.writeable == (not array.flags.c_contiguous)
+
+
+def test_stored_part_arrays_must_be_the_ones_the_parts_declare(task_identity, theta: np.ndarray, caplog) -> None:
+    """An error-feedback residual stored as float32 (its memory declares float64), or an array no part declares, is a
+    state that cannot be read back: the worker holds none, and says so."""
+    from laq_fl.memory import ErrorFeedback
+    from laq_fl.worker import WorkerState
+    from laq_fl.flower.client import store_state
+
+    declared = ErrorFeedback.state_arrays
+    for held in ({"residual": np.ones(theta.size, np.float32)}, {"momentum": np.ones(theta.size)}):
+        context = make_context()
+        store_state(context, WorkerState(copy=np.ones(theta.size, np.float32), version=4, held=held))
+        assert load_state(context, theta.size, np.float32, declared).version == 0
+    assert caplog.text.count("treated as lost") == 2
+    context = make_context()
+    store_state(context, WorkerState(copy=np.ones(theta.size, np.float32), version=4,
+                                     held={"residual": np.ones(theta.size)}))
+    assert load_state(context, theta.size, np.float32, declared).version == 4

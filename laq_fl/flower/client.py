@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from logging import WARNING
 
 import numpy as np
@@ -24,6 +25,7 @@ from laq_fl.data import minibatch_indices
 from laq_fl.errors import NodeConfigError
 from laq_fl.flower.messages import identity_content, read_train_content, reply_content
 from laq_fl.models import LocalObjective
+from laq_fl.part_state import StateArray
 from laq_fl.problem import local_objective
 from laq_fl.protocol import NodeIdentity
 from laq_fl.run_config import RunSettings, parse_run_config
@@ -71,15 +73,24 @@ def partition_of(context: Context, num_workers: int) -> int:
     return partition_id
 
 
-def load_state(context: Context, size: int, dtype: np.dtype | type) -> WorkerState:
+def load_state(context: Context, size: int, dtype: np.dtype | type, arrays: Sequence[StateArray] = ()) -> WorkerState:
     """This node's state from ``context.state``, or the zero state before its first upload (or when the stored one
-    cannot be read back, or holds a model of another size: then a warning says so)."""
+    cannot be read back, holds a model of another size, or part arrays other than the ``arrays`` its parts declare,
+    in their dtypes: then a warning says so, and the server restores it)."""
     state = stored_state(context, dtype)
-    if state is not None and state.copy.size != size:
-        log(WARNING, "context.state holds a Q_hat of %d values, the model has %d: treated as lost (the server restores "
-            "it)", state.copy.size, size)
-        state = None
-    return WorkerState.zeros(size, dtype) if state is None else state
+    if state is None:
+        return WorkerState.zeros(size, dtype)
+    declared = {array.name: array.numpy_dtype(dtype) for array in arrays}
+    misfit = None
+    if state.copy.size != size:
+        misfit = f"a Q_hat of {state.copy.size} values, the model has {size}"
+    elif arrays and any(name not in declared or value.dtype != declared[name] for name, value in state.held.items()):
+        misfit = (f"part arrays {[(name, str(value.dtype)) for name, value in state.held.items()]}, the parts declare "
+                  f"{[(name, str(kind)) for name, kind in declared.items()]}")
+    if misfit is not None:
+        log(WARNING, "context.state holds %s: treated as lost (the server restores it)", misfit)
+        return WorkerState.zeros(size, dtype)
+    return state
 
 
 def stored_state(context: Context, dtype: np.dtype | type) -> WorkerState | None:
@@ -151,7 +162,7 @@ def train_reply_content(content: RecordDict, context: Context) -> RecordDict:
     batch = None
     if request.batch_size > 0:
         batch = minibatch_indices(objective.num_samples, request.batch_size, problem.seed, partition_id, request.iteration)
-    state = load_state(context, objective.model.size, np.dtype(settings.problem.dtype))
+    state = load_state(context, objective.model.size, np.dtype(settings.problem.dtype), request.parts.state_arrays)
     restored = request.restore is not None
     if restored:
         state.restore(request.restore.copy, request.restore.version, request.restore.error_sq, request.restore.held)
