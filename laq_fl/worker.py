@@ -12,6 +12,7 @@ One round, whatever the member:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -189,9 +190,10 @@ class WorkerParts:
     memory: Memory
     rule: WorkerHalf
 
-    @property
+    @functools.cached_property
     def state_arrays(self) -> tuple[StateArray, ...]:
-        """The arrays the three parts keep per worker (:func:`~laq_fl.part_state.declared`)."""
+        """The arrays the three parts keep per worker (:func:`~laq_fl.part_state.declared`), worked out once: every
+        round asks for them on every node."""
         return declared((self.compressor, self.memory, self.rule))
 
 

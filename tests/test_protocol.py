@@ -185,7 +185,6 @@ def three_workers() -> ServerState:
                                     "error-sq-nan", "negative-version", "twice"])
 def test_a_damaged_checkpoint_never_leaves_the_aggregate_other_than_the_sum_of_the_copies(caplog, damage: str) -> None:
     arrays = three_workers().to_arrays()
-    names = [str(name) for name in arrays["workers"]]
     if damage == "row-missing":  # worker 1's row is gone, its copy still inside the stored aggregate
         arrays = {key: (np.delete(value, 1, axis=0) if key not in ("theta", "aggregate", "recent-sq-diffs", "iteration")
                         else value) for key, value in arrays.items()}
@@ -203,7 +202,6 @@ def test_a_damaged_checkpoint_never_leaves_the_aggregate_other_than_the_sum_of_t
     assert set(back.workers) <= {0, 1, 2} and "checkpoint:" in caplog.text
     if not damage.startswith("aggregate"):
         assert len(back.workers) == 2 and all(back.instruction(w).reset for w in {0, 1, 2} - set(back.workers))
-    assert names == ["0", "1", "2"]
 
 
 def test_an_undamaged_checkpoint_keeps_the_aggregate_bit_for_bit(caplog) -> None:

@@ -172,9 +172,7 @@ class LaqStrategy(Strategy):
         self.config = config
         self.num_workers = num_workers
         self.report_every = report_every
-        self.node_wait_timeout = node_wait_timeout
         self.num_rounds = num_rounds
-        self.round_timeout = round_timeout
         self.state: ServerState | None = None
         self.membership = Membership(num_workers, node_wait_timeout)
         self.identification = Identification(self.membership, round_timeout)
@@ -182,6 +180,24 @@ class LaqStrategy(Strategy):
         self._round: _Round | None = None
         self._first_round = True
         self._failed_rounds = 0
+
+    @property
+    def node_wait_timeout(self) -> float:
+        """Seconds (held once, by the membership, which decides the stops with it)."""
+        return self.membership.node_wait_timeout
+
+    @node_wait_timeout.setter
+    def node_wait_timeout(self, seconds: float) -> None:
+        self.membership.node_wait_timeout = seconds
+
+    @property
+    def round_timeout(self) -> float:
+        """Seconds (held once, by the identification, which gives up on unanswered queries after it)."""
+        return self.identification.round_timeout
+
+    @round_timeout.setter
+    def round_timeout(self, seconds: float) -> None:
+        self.identification.round_timeout = seconds
 
     @property
     def batch_size(self) -> int:
